@@ -1,0 +1,30 @@
+"""User-facing errors: one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad input, missing file, bad config); the message names the fix."""
+
+
+def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn a `UserError` raised by `fn` into `error: <message>` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
