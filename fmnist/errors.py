@@ -13,11 +13,13 @@ EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
-    """A mistake the user can fix (bad input, missing file, bad config); the message names the fix."""
+    """A mistake the user can fix (bad input, a missing file, a bad config); names the fix."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn a `UserError` raised by `fn` into `error: <message>` on stderr and exit status 2."""
+    """Turn a `UserError` raised by `fn` into `error: <message>` on stderr and its exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -25,6 +27,6 @@ def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(e.exit_code)
 
     return wrapper

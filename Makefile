@@ -1,0 +1,47 @@
+# Two commands do everything: `make train` and `make test` (each sets up what it needs first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS ?=
+NPROC ?= 2
+
+.PHONY: setup data train test lint format tensorboard bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# Prepared data, a directory with the .gz files, or torchvision's download; apt-get only when none works.
+data: setup
+	@$(PY) -m fmnist.data; rc=$$?; \
+	if [ $$rc -eq 3 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "No source had Fashion-MNIST: installing the Debian package dataset-fashion-mnist"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist \
+			&& $(PY) -m fmnist.data; \
+	else exit $$rc; fi
+
+train: data
+	$(PY) scripts/train.py $(ARGS)
+
+test: data
+	$(PY) -m pytest $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir outputs
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
