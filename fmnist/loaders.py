@@ -1,0 +1,215 @@
+"""Batches for training and evaluation, from the verified splits of `fmnist.data`.
+
+Two interchangeable paths, chosen by `data.loader`:
+
+- `device` (default): each split is loaded once, normalised and moved to the training device;
+  a batch is an index slice of a seeded permutation, cropped and flipped by one vectorised gather.
+  No per-sample Python work, so the data path costs almost nothing next to the model.
+- `torch`: the textbook pipeline (torchvision dataset, per-sample PIL transforms, DataLoader),
+  kept for comparison and for users who want to plug in their own transforms.
+
+Both yield `(images, labels)` on the device: float32 (B, 1, 28, 28) normalised with the training
+set's mean and std, and int64 (B,). Epoch `e` of either is a pure function of (seed, e), so an
+interrupted epoch can be resumed at any batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fmnist import data
+from fmnist.errors import UserError
+
+Batch = tuple[Tensor, Tensor]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator that decides epoch `epoch`'s order and augmentation."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def split_train_val(seed: int, val_size: int, subset: int | None) -> tuple[Tensor, Tensor]:
+    """Indices into the official train split: (training, validation), disjoint and seeded.
+
+    The official test split is never touched. `subset` keeps the first N shuffled training samples.
+    """
+    total = data.SPECS["train"][0].count
+    if val_size >= total:
+        raise UserError(f"data.val_size={val_size} leaves no training data: use less than {total}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    val, train = order[:val_size], order[val_size:]
+    if subset is not None:
+        if subset > len(train):
+            raise UserError(
+                f"data.subset={subset} is more than the {len(train)} training samples left "
+                f"after data.val_size={val_size}: lower one of them"
+            )
+        train = train[:subset]
+    return train, val
+
+
+class DeviceLoader:
+    """Batches sliced from a split that lives, normalised, on the training device."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
+        shuffle: bool = False,
+        crop_padding: int = 0,
+        flip: bool = False,
+    ) -> None:
+        normalised = images.to(device).float().div_(255).sub_(data.MEAN).div_(data.STD)
+        # Pad once with the normalised value of a black pixel; a crop is then just a window.
+        background = (0.0 - data.MEAN) / data.STD
+        pad = crop_padding
+        self.images = F.pad(normalised, (pad, pad, pad, pad), value=background)
+        self.labels = labels.to(device)
+        self.num_samples = len(labels)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.crop_padding, self.flip = crop_padding, flip
+        self.device = device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
+        """Yield epoch `epoch`'s batches, from batch `start_batch` on."""
+        n, side = len(self.labels), data.SIDE
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        # Every sample's window offset (0..2*padding) and flip, drawn for the whole epoch at once.
+        offsets = torch.randint(0, 2 * self.crop_padding + 1, (2, n), generator=generator)
+        flips = (
+            torch.rand(n, generator=generator) < 0.5
+            if self.flip
+            else torch.zeros(n, dtype=torch.bool)
+        )
+        order, offsets, flips = (
+            order.to(self.device),
+            offsets.to(self.device),
+            flips.to(self.device),
+        )
+        steps = torch.arange(side, device=self.device)
+        for start in range(start_batch * self.batch_size, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            dy, dx = offsets[:, start : start + self.batch_size]
+            flip = flips[start : start + self.batch_size, None]
+            rows = dy[:, None] + steps  # (B, 28): which padded rows each sample's window covers
+            cols = dx[:, None] + torch.where(flip, side - 1 - steps, steps)  # reversed = h-flip
+            images = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
+            yield images.unsqueeze(1), self.labels[index]
+
+
+class TorchLoader:
+    """The standard pipeline: torchvision dataset, PIL transforms per sample, DataLoader."""
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        indices: Sequence[int],
+        batch_size: int,
+        device: torch.device,
+        seed: int = 0,
+        shuffle: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        self.dataset, self.indices = dataset, torch.as_tensor(indices)
+        self.num_samples = len(self.indices)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.num_workers, self.device = num_workers, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
+        """Yield epoch `epoch`'s batches, from batch `start_batch` on."""
+        generator = epoch_generator(self.seed, epoch)
+        order = (
+            self.indices[torch.randperm(len(self.indices), generator=generator)]
+            if self.shuffle
+            else self.indices
+        )
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order[start_batch * self.batch_size :].tolist(),
+            num_workers=self.num_workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+
+
+def torchvision_dataset(root: str, train: bool, crop_padding: int = 0, flip: bool = False):
+    """torchvision's FashionMNIST with the textbook per-sample transforms."""
+    from torchvision import datasets, transforms
+
+    augment = [transforms.RandomCrop(data.SIDE, padding=crop_padding)] if crop_padding else []
+    augment += [transforms.RandomHorizontalFlip()] if flip else []
+    transform = transforms.Compose(
+        [*augment, transforms.ToTensor(), transforms.Normalize((data.MEAN,), (data.STD,))]
+    )
+    return datasets.FashionMNIST(root, train=train, transform=transform, download=False)
+
+
+class FashionMNIST:
+    """The splits as loaders: `train` (augmented, shuffled), `val` (carved from train), `test`.
+
+    `val` is None when `val_size` is 0. Instantiated from the `data` config group.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        seed: int = 0,
+        root: str | None = None,
+        source_dirs: Sequence[str] = data.SYSTEM_DIRS,
+        loader: str = "device",
+        batch_size: int = 256,
+        eval_batch_size: int = 1024,
+        val_size: int = 5000,
+        subset: int | None = None,
+        crop_padding: int = 2,
+        flip: bool = True,
+        num_workers: int = 2,
+    ) -> None:
+        self.origin = data.prepare(root, tuple(source_dirs))
+        root = str(data.resolve_root(root))
+        train_index, val_index = split_train_val(seed, val_size, subset)
+        augment = {"crop_padding": crop_padding, "flip": flip}
+        if loader == "device":
+            images, labels = data.load_split("train", root)
+            test_images, test_labels = data.load_split("test", root)
+            self.train = DeviceLoader(
+                images[train_index], labels[train_index], batch_size, device, seed, True, **augment
+            )
+            val = DeviceLoader(images[val_index], labels[val_index], eval_batch_size, device)
+            self.test = DeviceLoader(test_images, test_labels, eval_batch_size, device)
+        else:
+            common = {"device": device, "num_workers": num_workers}
+            self.train = TorchLoader(
+                torchvision_dataset(root, True, **augment),
+                train_index,
+                batch_size,
+                seed=seed,
+                shuffle=True,
+                **common,
+            )
+            val = TorchLoader(torchvision_dataset(root, True), val_index, eval_batch_size, **common)
+            self.test = TorchLoader(
+                torchvision_dataset(root, False), range(10000), eval_batch_size, **common
+            )
+        self.val = val if val_size else None

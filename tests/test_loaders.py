@@ -1,0 +1,114 @@
+"""The device-resident loader: exact epochs, label-preserving augmentation, seeded batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmnist import data
+from fmnist.loaders import DeviceLoader, FashionMNIST, split_train_val
+
+CPU = torch.device("cpu")
+
+
+def numbered_images(n: int) -> torch.Tensor:
+    """Image i is filled with the value i, so every batch says which samples it holds."""
+    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1).expand(n, 28, 28).contiguous()
+
+
+def denormalise(images: torch.Tensor) -> torch.Tensor:
+    return (images * data.STD + data.MEAN) * 255
+
+
+def test_every_sample_once_per_epoch():
+    loader = DeviceLoader(numbered_images(100), torch.arange(100), 32, CPU, seed=3, shuffle=True)
+    assert len(loader) == 4
+    for epoch in range(3):
+        labels = torch.cat([y for _, y in loader.epoch(epoch)])
+        assert sorted(labels.tolist()) == list(range(100))
+    first, second = (torch.cat([y for _, y in loader.epoch(e)]) for e in (0, 1))
+    assert not torch.equal(first, second)  # a new order every epoch
+
+
+def test_images_and_labels_stay_together_under_augmentation():
+    loader = DeviceLoader(
+        numbered_images(64),
+        torch.arange(64),
+        16,
+        CPU,
+        seed=0,
+        shuffle=True,
+        crop_padding=2,
+        flip=True,
+    )
+    for images, labels in loader.epoch(0):
+        assert images.shape == (16, 1, 28, 28) and images.dtype == torch.float32
+        centre = denormalise(images[:, 0, 12:16, 12:16]).round()  # the padding never reaches it
+        assert torch.equal(centre, labels.float().view(-1, 1, 1).expand(-1, 4, 4))
+
+
+def test_same_seed_same_batches_and_resume_mid_epoch():
+    images, labels = numbered_images(50), torch.arange(50)
+    make = lambda seed: DeviceLoader(images, labels, 8, CPU, seed, True, crop_padding=2, flip=True)  # noqa: E731
+    batches = list(make(7).epoch(2))
+    again = list(make(7).epoch(2))
+    resumed = list(make(7).epoch(2, start_batch=3))
+    for (x1, y1), (x2, y2) in zip(batches, again, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    for (x1, y1), (x2, y2) in zip(batches[3:], resumed, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(
+        torch.cat([y for _, y in make(8).epoch(2)]), torch.cat([y for _, y in batches])
+    )
+
+
+def test_crop_and_flip_are_real_crops_and_flips():
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    plain = next(DeviceLoader(image, torch.zeros(1), 1, CPU).epoch())[0][0, 0]
+    assert torch.allclose(denormalise(plain), image[0].float(), atol=1e-3)
+    seen = set()
+    loader = DeviceLoader(image.expand(400, 28, 28), torch.zeros(400), 400, CPU, 0, True, 2, True)
+    for view in next(loader.epoch())[0][:, 0]:
+        pixels = denormalise(view).round()
+        for flip in (False, True):
+            source = image[0].flip(-1) if flip else image[0]
+            padded = torch.nn.functional.pad(source.float(), (2, 2, 2, 2))
+            for dy in range(5):
+                for dx in range(5):
+                    if torch.equal(padded[dy : dy + 28, dx : dx + 28], pixels):
+                        seen.add((flip, dy, dx))
+    assert len(seen) == 50  # every offset in 0..4 x 0..4, flipped and not
+
+
+def test_validation_is_carved_from_train_and_seeded():
+    train, val = split_train_val(seed=0, val_size=5000, subset=None)
+    assert len(train) == 55000 and len(val) == 5000
+    assert len(set(train.tolist()) | set(val.tolist())) == 60000
+    assert torch.equal(split_train_val(0, 5000, None)[1], val)
+    assert not torch.equal(split_train_val(1, 5000, None)[1], val)
+    subset, _ = split_train_val(seed=0, val_size=5000, subset=100)
+    assert torch.equal(subset, train[:100])
+
+
+def test_both_loader_paths_give_the_same_evaluation_batches(data_root):
+    device_path = FashionMNIST(CPU, seed=0, loader="device", subset=512, val_size=256)
+    torch_path = FashionMNIST(CPU, seed=0, loader="torch", subset=512, val_size=256, num_workers=0)
+    for a, b in ((device_path.val, torch_path.val), (device_path.test, torch_path.test)):
+        for (x1, y1), (x2, y2) in zip(a.epoch(), b.epoch(), strict=True):
+            assert torch.equal(y1, y2)
+            torch.testing.assert_close(x1, x2, atol=1e-5, rtol=0)
+    train_labels = [
+        torch.cat([y for _, y in loader.train.epoch(0)]).sort().values
+        for loader in (device_path, torch_path)
+    ]
+    assert torch.equal(*train_labels)
+
+
+@pytest.mark.parametrize("loader", ["device", "torch"])
+def test_train_batches_have_the_right_shape(data_root, loader):
+    split = FashionMNIST(
+        CPU, seed=0, loader=loader, subset=300, val_size=0, batch_size=128, num_workers=0
+    )
+    assert split.val is None
+    shapes = [tuple(x.shape) for x, _ in split.train.epoch(0)]
+    assert shapes == [(128, 1, 28, 28), (128, 1, 28, 28), (44, 1, 28, 28)]
