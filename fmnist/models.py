@@ -1,0 +1,68 @@
+"""The models: a small BatchNorm CNN (the default) and softmax regression on raw pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+from torch import Tensor, nn
+
+IMAGE_SIDE = 28
+NUM_CLASSES = 10
+
+
+def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
+    """`convs` times (3x3 conv -> BatchNorm -> ReLU), then 2x2 max-pool halves the resolution."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [
+            nn.Conv2d(
+                in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False
+            ),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+class SmallCNN(nn.Module):
+    """Conv blocks of growing width (28 -> 14 -> 7 -> 3 pixels), global max-pool, dropout, linear.
+
+    The default (widths 32, 64, 128, one conv per block) has 94k parameters, the size of the
+    "2 Conv <100K parameters" entry of the Fashion-MNIST benchmark table.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128),
+        convs_per_block: int = 1,
+        dropout: float = 0.1,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        channels = [1, *widths]
+        self.features = nn.Sequential(
+            *(conv_block(i, o, convs_per_block) for i, o in pairwise(channels))
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(widths[-1], num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (N, 1, 28, 28), normalised, to logits (N, 10)."""
+        return self.head(self.features(x))
+
+
+class Linear(nn.Module):
+    """Softmax regression: logits = W x + b on the 784 raw pixels (softmax lives in the loss)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.fc = nn.Linear(IMAGE_SIDE * IMAGE_SIDE, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (N, 1, 28, 28) to logits (N, 10)."""
+        return self.fc(x.flatten(1))

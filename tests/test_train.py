@@ -1,0 +1,163 @@
+"""scripts/train.py end to end, as a real subprocess, and the pieces of its loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fmnist import checkpoint
+from fmnist.schedules import OneCycle
+
+TINY = ["data.subset=1024", "data.batch_size=128", "data.val_size=512", "trainer.progress=false"]
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    files = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    accumulator = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0})
+    return accumulator.Reload()
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [event.value for event in events(run_dir).Scalars("train/loss")]
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_script(
+        "scripts/train.py", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_run_directory_layout(run):
+    for name in (
+        ".hydra/config.yaml",
+        "train.log",
+        "metrics.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run / name).is_file(), name
+    log = (run / "train.log").read_text()
+    assert "epoch 2/2" in log and "test loss" in log
+
+
+def test_one_train_loss_point_per_optimizer_step(run):
+    accumulator = events(run)
+    steps = [event.step for event in accumulator.Scalars("train/loss")]
+    assert steps == list(range(1, 17))  # 1024 / 128 = 8 steps per epoch, 2 epochs
+    for tag in ("train/acc", "train/lr"):
+        assert [event.step for event in accumulator.Scalars(tag)] == steps
+    assert [event.step for event in accumulator.Scalars("val/acc")] == [8, 16]
+    assert [event.step for event in accumulator.Scalars("test/acc")] == [16]
+    assert accumulator.Tags()["images"] == ["val/confusion", "test/confusion"]
+    # The schedule: warm-up to optimizer.lr (0.05) then down towards 0.
+    lrs = [event.value for event in accumulator.Scalars("train/lr")]
+    assert max(lrs) == pytest.approx(0.05) and lrs[-1] < lrs[len(lrs) // 2]
+
+
+def test_hparams_are_in_the_same_events_file(run):
+    plugins = events(run).PluginTagToContent("hparams")
+    assert set(plugins) == {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+    assert b"optimizer.lr" in plugins["_hparams_/session_start_info"]
+
+
+def test_no_extra_run_folders(run):
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
+
+
+def test_metrics_and_checkpoints_agree(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 16 and metrics["epochs"] == 2
+    assert 0.5 < metrics["test_acc"] <= 1 and metrics["test_loss"] > 0
+    assert metrics["train_images_per_second"] > 0
+    best = checkpoint.load(run)
+    assert best["metrics"] == metrics
+    assert best["classes"][4] == "Coat" and best["config"]["data"]["subset"] == 1024
+    model = checkpoint.build_model(best)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    last = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert last["step"] == 16 and last["epoch"] == 2 and "state" in last["optimizer"]
+
+
+def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
+    result = run_script(
+        "scripts/train.py",
+        "-m",
+        "loss=scratch,torch",
+        *TINY,
+        "data.subset=256",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert runs == ["0_loss=scratch", "1_loss=torch"]
+    for name in runs:
+        assert (tmp_path / name / "metrics.json").is_file()
+
+
+def test_scratch_and_torch_losses_agree_step_by_step(data_root, tmp_path):
+    """Same seed, fp32, deterministic: our loss and PyTorch's train the same network."""
+    common = [
+        "data.subset=3200",
+        "data.batch_size=64",
+        "data.val_size=0",
+        "trainer.max_epochs=1",
+        "trainer.precision=32",
+        "trainer.deterministic=true",
+        "trainer.progress=false",
+    ]
+    curves = {}
+    for loss in ("scratch", "torch"):
+        result = run_script(
+            "scripts/train.py", *common, f"loss={loss}", f"hydra.run.dir={tmp_path / loss}"
+        )
+        assert result.returncode == 0, result.stderr
+        curves[loss] = torch.tensor(losses(tmp_path / loss))
+    assert len(curves["scratch"]) == 50
+    torch.testing.assert_close(curves["scratch"], curves["torch"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr=-1.0 is invalid: must be > 0"),
+        ("data.batch_size=0", "data.batch_size=0 is invalid: must be at least 1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is invalid"),
+        ("trainer.precision=16", "choose one of auto, 32, bf16"),
+        ("data.loader=fast", "choose one of device, torch"),
+        ("loss.label_smoothing=1.5", "loss.label_smoothing=1.5 is invalid"),
+        ("model.dropout=1", "model.dropout=1.0 is invalid"),
+        ("data.val_size=60000", "leaves no training data"),
+        ("data.subset=59000", "more than the 55000 training samples"),
+        ("model.foo=1", "Could not override 'model.foo'"),
+        ("loss=foo", "Could not find 'loss/foo'"),
+        ("data.batch_size=abc", "could not be converted to Integer"),
+    ],
+)
+def test_config_errors_are_one_clear_line(data_root, tmp_path, override, message):
+    result = run_script("scripts/train.py", override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_one_cycle_schedule():
+    schedule = OneCycle(total_steps=10, warmup=0.2)
+    assert [schedule(step) for step in range(10)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+    )
