@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import fmnist
 from fmnist import data
-from fmnist.errors import UserError
+from fmnist.errors import UserError, reports_user_errors
+from fmnist.logging import flatten
 
 FORMAT = 1  # bump when the layout below changes incompatibly
 
@@ -47,11 +49,11 @@ def save(path: Path, **contents: Any) -> None:
         ) from None
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory (then its checkpoints/best.pt)."""
+def resolve(path: str | os.PathLike, in_run_dir: str = "best.pt") -> Path:
+    """A checkpoint file, or a run directory (then its checkpoints/`in_run_dir`)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+        path = path / "checkpoints" / in_run_dir
     if not path.is_file():
         raise UserError(
             f"no checkpoint at {path}: give a .pt file or a run directory under outputs/"
@@ -95,3 +97,84 @@ def build_model(checkpoint: dict[str, Any]) -> nn.Module:
             f"the checkpoint's weights do not fit its model: {str(e).splitlines()[0]}"
         ) from None
     return model
+
+
+IGNORED_WHEN_RESUMING = ("trainer.resume", "ckpt_path")
+
+
+def _comparable(config: dict) -> dict:
+    """A config as flat keys, without the keys that only say how to start."""
+    flat = dict(flatten(config))
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in IGNORED_WHEN_RESUMING and not k.startswith("hydra.")
+    }
+
+
+def config_difference(saved: dict, current: dict) -> str | None:
+    """The first setting that differs between two configs, as a phrase; None when they agree."""
+    old, new = _comparable(saved), _comparable(current)
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            return f"{key}={old.get(key)} there, {new.get(key)} now"
+    return None
+
+
+def check_same_config(state: dict[str, Any], config: dict, source: Path) -> None:
+    """Resuming with other settings would silently change the run: refuse, naming the setting."""
+    difference = config_difference(state["config"], config)
+    if difference:
+        raise UserError(
+            f"{source} was trained with another config ({difference}): resume with the same "
+            "overrides, or start a new run"
+        )
+
+
+def finished(run_dir: Path) -> bool:
+    """A run is finished once it has written metrics.json."""
+    return (run_dir / "metrics.json").exists()
+
+
+@reports_user_errors
+def run_dir_for(new_dir: str, *, _root_: DictConfig) -> str:
+    """The `fmnist_run_dir` resolver behind `hydra.run.dir`: where this run writes.
+
+    A fresh run gets `new_dir`. `trainer.resume=auto` gets the newest unfinished run under the
+    same parent whose saved config matches, and `ckpt_path=...` the run holding that checkpoint,
+    so a resumed run appends to its own directory and TensorBoard series. Resolving here, before
+    Hydra creates anything, means a failed resume leaves no empty run directory behind.
+    """
+    job_keys = [key for key in _root_ if key != "hydra"]  # hydra.run.dir is what we are resolving
+    current = OmegaConf.to_container(OmegaConf.masked_copy(_root_, job_keys), resolve=True)
+    if _root_.ckpt_path:
+        path = resolve(_root_.ckpt_path, "last.pt")
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    elif _root_.trainer.resume == "auto":
+        candidates = sorted(
+            (p.parent.parent for p in Path(new_dir).parent.glob("*/checkpoints/last.pt")),
+            key=lambda run: (run / "checkpoints" / "last.pt").stat().st_mtime,
+            reverse=True,
+        )
+        unfinished = [run for run in candidates if not finished(run)]
+        matching = [
+            run
+            for run in unfinished
+            if config_difference(
+                OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml")), current
+            )
+            is None
+        ]
+        if not matching:
+            where = Path(new_dir).parent
+            raise UserError(
+                f"trainer.resume=auto found nothing to resume: no unfinished run under {where} "
+                f"with this config ({len(unfinished)} unfinished with another); start a new run "
+                "without trainer.resume, or pass ckpt_path=..."
+            )
+        run_dir = matching[0]
+    else:
+        return new_dir
+    if finished(run_dir):
+        raise UserError(f"{run_dir} has finished (metrics.json exists): nothing to resume")
+    return str(run_dir)

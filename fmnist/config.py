@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist.checkpoint import run_dir_for
 from fmnist.data import SYSTEM_DIRS
 from fmnist.errors import UserError
 
@@ -173,11 +174,28 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (measured slower on 2-core CPUs)
     deterministic: bool = False  # bit-reproducible CPU runs
     progress: bool = True  # tqdm bars (never when output is not a terminal)
+    checkpoint_every_steps: int = (
+        100  # also write checkpoints/last.pt mid-epoch; 0: epoch ends only
+    )
+    resume: str | None = None  # auto: continue the newest unfinished run with this config
+    skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping
 
     def __post_init__(self) -> None:
         require(self.max_epochs >= 1, "trainer.max_epochs", self.max_epochs, "must be at least 1")
         choose("trainer.device", self.device, ("auto", "cpu", "cuda"))
         choose("trainer.precision", str(self.precision), ("auto", "32", "bf16"))
+        require(
+            self.checkpoint_every_steps >= 0,
+            "trainer.checkpoint_every_steps",
+            self.checkpoint_every_steps,
+            "must be 0 (epoch ends only) or more",
+        )
+        require(
+            self.resume in (None, "auto"),
+            "trainer.resume",
+            self.resume,
+            "use auto, or leave it unset",
+        )
 
 
 @dataclass
@@ -189,6 +207,7 @@ class TrainConfig:
     scheduler: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
+    ckpt_path: str | None = None  # resume from this checkpoint (or run directory)
 
 
 GROUP_SCHEMAS = {
@@ -201,6 +220,7 @@ GROUP_SCHEMAS = {
 
 def register() -> None:
     """Put the schemas in Hydra's ConfigStore, where the YAML files of configs/ extend them."""
+    OmegaConf.register_new_resolver("fmnist_run_dir", run_dir_for, replace=True)
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for group, schemas in GROUP_SCHEMAS.items():

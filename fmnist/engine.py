@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fmnist.errors import UserError
 from fmnist.logging import TensorBoard, progress
 from fmnist.losses import cross_entropy
 from fmnist.models import NUM_CLASSES
@@ -60,40 +64,79 @@ def evaluate(model: nn.Module, loader, compute: Compute) -> Metrics:
     return Metrics(total_loss.item() / count, confusion.trace().item() / count, confusion.cpu())
 
 
+@dataclass
+class Training:
+    """What a run trains with, built from its config."""
+
+    compute: Compute
+    data: Any  # fmnist.loaders.FashionMNIST: .train, .val and .test loaders
+    model: nn.Module  # what checkpoints save
+    trained: nn.Module  # `model`, or its torch.compile wrapper
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class Position:
+    """How far training has got; with the RNG states, enough to resume exactly."""
+
+    step: int = 0  # optimizer steps so far (the TensorBoard global step)
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # batches of that epoch already used
+    skipped: int = 0  # steps skipped for a non-finite loss (trainer.skip_nonfinite)
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: training diverged."""
+
+
 def train_epoch(
-    model: nn.Module,
-    loader,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    compute: Compute,
+    t: Training,
+    position: Position,
     tensorboard: TensorBoard,
-    epoch: int,
-    step: int,
     show_progress: bool,
-) -> int:
-    """Train one epoch, logging loss, accuracy and learning rate per step; return the step count."""
-    model.train()
+    skip_nonfinite: bool,
+) -> Iterator[Position]:
+    """Train the rest of `position.epoch`, logging loss, accuracy and learning rate every step.
+
+    Yields `position` after every optimizer step, so the caller can checkpoint or stop there.
+    """
+    t.trained.train()
+    loader = t.data.train
     batches = progress(
-        loader.epoch(epoch),
+        loader.epoch(position.epoch, position.batch),
         show_progress,
+        initial=position.batch,
         total=len(loader),
         leave=False,
-        desc=f"epoch {epoch + 1}",
+        desc=f"epoch {position.epoch + 1}",
     )
     for images, labels in batches:
-        with compute.autocast():
-            logits = model(compute.images(images))
-        loss = loss_fn(logits.float(), labels)
+        with t.compute.autocast():
+            logits = t.trained(t.compute.images(images))
+        loss = t.loss_fn(logits.float(), labels)
+        loss_value = loss.item()
+        position.batch += 1
+        if not math.isfinite(loss_value):
+            if not skip_nonfinite:
+                raise NonFiniteLoss(
+                    f"the loss is {loss_value} at step {position.step + 1} (epoch "
+                    f"{position.epoch + 1}, batch {position.batch}): lower optimizer.lr, or skip "
+                    "such steps with trainer.skip_nonfinite=true"
+                )
+            position.skipped += 1
+            continue
 
-        optimizer.zero_grad(set_to_none=True)
+        t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        step += 1
+        lr = t.optimizer.param_groups[0]["lr"]
+        t.optimizer.step()
+        t.scheduler.step()
+        position.step += 1
 
-        loss_value, accuracy = loss.item(), (logits.argmax(1) == labels).float().mean().item()
-        tensorboard.scalars(step, train_loss=loss_value, train_acc=accuracy, train_lr=lr)
+        accuracy = (logits.argmax(1) == labels).float().mean().item()
+        tensorboard.scalars(position.step, train_loss=loss_value, train_acc=accuracy, train_lr=lr)
         batches.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy:.3f}", refresh=False)
-    return step
+        yield position
+    position.epoch, position.batch = position.epoch + 1, 0

@@ -16,6 +16,12 @@ class UserError(Exception):
     """A mistake the user can fix (bad input, a missing file, a bad config); names the fix."""
 
     exit_code = EXIT_USER_ERROR
+    label = "error"
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -26,7 +32,7 @@ def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"{e.label}: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
 
     return wrapper

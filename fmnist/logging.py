@@ -68,8 +68,8 @@ def confusion_figure(matrix: torch.Tensor, title: str):
 class TensorBoard:
     """The run's one SummaryWriter, with the few things fmnist writes to it."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def scalars(self, step: int, **values: float) -> None:
         """`train_loss=0.5` is written as the tag `train/loss`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import random
+import signal
 import time
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fmnist import checkpoint
 from fmnist.config import validate
-from fmnist.engine import Compute, evaluate, train_epoch
+from fmnist.engine import Compute, NonFiniteLoss, Position, Training, evaluate, train_epoch
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.logging import TensorBoard, flatten, progress
 
@@ -46,7 +46,6 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
@@ -66,8 +65,8 @@ def main(cfg: DictConfig) -> float:
     return metrics["test_acc"]
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train the configured model; write checkpoints, events and metrics.json to `run_dir`."""
+def build(cfg: DictConfig) -> Training:
+    """Seed, then build data, model, loss, optimizer and schedule from the config."""
     settings = cfg.trainer
     seed_everything(cfg.seed, settings.deterministic)
     device = pick_device(settings.device)
@@ -78,82 +77,188 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     model = instantiate(cfg.model).to(
         device, memory_format=torch.channels_last if compute.channels_last else None
     )
-    trained = torch.compile(model) if settings.compile else model
-    loss_fn = build_loss(cfg.loss, device)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=settings.max_epochs * len(data.train)
     )
+    return Training(
+        compute,
+        data,
+        model,
+        torch.compile(model) if settings.compile else model,
+        build_loss(cfg.loss, device),
+        optimizer,
+        scheduler,
+    )
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second one stops at once)."""
+
+    def __enter__(self) -> StopSignals:
+        self.received: int | None = None
+        self.previous = {
+            sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        return self
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(UserError):
+    """Training stopped on a signal, after saving a checkpoint."""
+
+    label = "stopped"
+
+
+def rng_states() -> dict:
+    """Every random state a training step draws from (the loaders' come from (seed, epoch))."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint this run continues from, if any (see `checkpoint.run_dir_for`)."""
+    if cfg.ckpt_path:
+        return checkpoint.resolve(cfg.ckpt_path, "last.pt")
+    if cfg.trainer.resume == "auto":
+        return run_dir / "checkpoints" / "last.pt"
+    return None
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train the configured model; write checkpoints, events and metrics.json to `run_dir`.
+
+    With `trainer.resume=auto` or `ckpt_path`, continue an unfinished run where its last
+    checkpoint left off: on a deterministic CPU run, bit for bit as if it had never stopped.
+    """
+    settings = cfg.trainer
+    t = build(cfg)
+    model, data, compute = t.model, t.data, t.compute
     config = OmegaConf.to_container(cfg, resolve=True)
+    position, best_acc, train_seconds = Position(), -1.0, 0.0
+    source = resume_point(cfg, run_dir)
+    if source:
+        state = checkpoint.load(source, compute.device)
+        checkpoint.check_same_config(state, config, source)
+        model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        position = Position(**state["position"])
+        best_acc, train_seconds = state["best_val_acc"], state["train_seconds"]
+        log.info("Resuming %s at step %d (epoch %d)", source, position.step, position.epoch + 1)
     log.info("Data: %s; %d training batches per epoch", data.origin, len(data.train))
     log.info(
         "Model: %s, %d parameters, on %s, %s",
         type(model).__name__,
         sum(p.numel() for p in model.parameters()),
-        device,
-        "bf16 autocast" if bf16 else "float32",
+        compute.device,
+        "bf16 autocast" if compute.bf16 else "float32",
     )
 
     checkpoints = run_dir / "checkpoints"
-    step, best_acc, train_seconds = 0, -1.0, 0.0
-    with TensorBoard(run_dir) as tensorboard, logging_redirect_tqdm():
-        for epoch in progress(range(settings.max_epochs), settings.progress, desc="epochs"):
+
+    def save(name: str, metrics: dict, elapsed: float) -> None:
+        checkpoint.save(
+            checkpoints / name,
+            model=model.state_dict(),
+            optimizer=t.optimizer.state_dict(),
+            scheduler=t.scheduler.state_dict(),
+            position=vars(position).copy(),
+            epoch=position.epoch,
+            step=position.step,
+            rng=rng_states(),
+            best_val_acc=best_acc,
+            train_seconds=elapsed,
+            config=config,
+            precision="bf16" if compute.bf16 else "32",  # evaluation must match it exactly
+            metrics=metrics,
+        )
+
+    # Events after the checkpoint we resume from were never saved: TensorBoard drops them.
+    purge_step = position.step + 1 if source else None
+    with (
+        TensorBoard(run_dir, purge_step) as tensorboard,
+        logging_redirect_tqdm(),
+        StopSignals() as stop,
+    ):
+        epochs = range(position.epoch, settings.max_epochs)
+        for _ in progress(
+            epochs,
+            settings.progress,
+            initial=position.epoch,
+            total=settings.max_epochs,
+            desc="epochs",
+        ):
             start = time.perf_counter()
-            step = train_epoch(
-                trained,
-                data.train,
-                loss_fn,
-                optimizer,
-                scheduler,
-                compute,
-                tensorboard,
-                epoch,
-                step,
-                settings.progress,
-            )
+            try:
+                for _ in train_epoch(
+                    t, position, tensorboard, settings.progress, settings.skip_nonfinite
+                ):
+                    every = settings.checkpoint_every_steps
+                    if stop.received or (every and position.step % every == 0):
+                        save("last.pt", {}, train_seconds + time.perf_counter() - start)
+                    if stop.received:
+                        raise Interrupted(
+                            f"{signal.Signals(stop.received).name} at step {position.step}: saved "
+                            f"{checkpoints / 'last.pt'}; continue with `python scripts/train.py "
+                            "trainer.resume=auto` (same overrides)",
+                            exit_code=128 + stop.received,
+                        )
+            except NonFiniteLoss as e:
+                kept = checkpoints / "last.pt"
+                raise NonFiniteLoss(
+                    f"{e}; last good checkpoint: {kept if kept.exists() else 'none written yet'}"
+                ) from None
             train_seconds += time.perf_counter() - start
 
-            val = evaluate(trained, data.val, compute) if data.val else None
+            val = evaluate(t.trained, data.val, compute) if data.val else None
             if val:
-                tensorboard.scalars(step, **val.as_dict("val"))
-                tensorboard.confusion("val/confusion", val.confusion, step)
+                tensorboard.scalars(position.step, **val.as_dict("val"))
+                tensorboard.confusion("val/confusion", val.confusion, position.step)
             log.info(
                 "epoch %d/%d  step %d  %s  %.1fs",
-                epoch + 1,
+                position.epoch,
                 settings.max_epochs,
-                step,
+                position.step,
                 f"val loss {val.loss:.4f} acc {val.accuracy:.4f}"
                 if val
                 else "(no validation split)",
                 time.perf_counter() - start,
             )
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "config": config,
-                "precision": "bf16" if bf16 else "32",  # evaluation must match it exactly
-                "metrics": val.as_dict("val") if val else {},
-            }
-            checkpoint.save(checkpoints / "last.pt", **state)
-            if val is None or val.accuracy > best_acc:
-                best_acc = val.accuracy if val else best_acc
-                checkpoint.save(checkpoints / "best.pt", **state)
+            improved = val is None or val.accuracy > best_acc
+            best_acc = max(best_acc, val.accuracy) if val else best_acc
+            save("last.pt", val.as_dict("val") if val else {}, train_seconds)
+            if improved:
+                save("best.pt", val.as_dict("val") if val else {}, train_seconds)
 
         # The run's result is its best model by validation accuracy: test it, once.
-        best = checkpoint.load(checkpoints / "best.pt", device)
+        best = checkpoint.load(checkpoints / "best.pt", compute.device)
         model.load_state_dict(best["model"])
-        test = evaluate(trained, data.test, compute)
-        tensorboard.scalars(step, **test.as_dict("test"))
-        tensorboard.confusion("test/confusion", test.confusion, step)
+        test = evaluate(t.trained, data.test, compute)
+        tensorboard.scalars(position.step, **test.as_dict("test"))
+        tensorboard.confusion("test/confusion", test.confusion, position.step)
         metrics = {
             **best["metrics"],
             **test.as_dict("test"),
             "best_epoch": best["epoch"],
             "epochs": settings.max_epochs,
-            "steps": step,
+            "steps": position.step,
+            "skipped_steps": position.skipped,
             "train_seconds": round(train_seconds, 2),
             "train_images_per_second": round(
                 settings.max_epochs * data.train.num_samples / train_seconds, 1
