@@ -36,16 +36,20 @@ def save(path: Path, **contents: Any) -> None:
         "normalization": {"mean": data.MEAN, "std": data.STD},
         **contents,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
         raise UserError(
-            f"cannot write checkpoint {path}: {e.strerror or e}; free space or fix permissions"
+            f"cannot write checkpoint {path} ({reason}): free disk space or fix permissions; "
+            "the previous checkpoint is intact"
         ) from None
 
 
@@ -149,21 +153,19 @@ def run_dir_for(new_dir: str, *, _root_: DictConfig) -> str:
     current = OmegaConf.to_container(OmegaConf.masked_copy(_root_, job_keys), resolve=True)
     if _root_.ckpt_path:
         path = resolve(_root_.ckpt_path, "last.pt")
+        check_same_config(load(path), current, path)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     elif _root_.trainer.resume == "auto":
-        candidates = sorted(
-            (p.parent.parent for p in Path(new_dir).parent.glob("*/checkpoints/last.pt")),
-            key=lambda run: (run / "checkpoints" / "last.pt").stat().st_mtime,
+        newest_first = sorted(
+            Path(new_dir).parent.glob("*/checkpoints/last.pt"),
+            key=lambda path: path.stat().st_mtime,
             reverse=True,
         )
-        unfinished = [run for run in candidates if not finished(run)]
+        unfinished = [path for path in newest_first if not finished(path.parent.parent)]
         matching = [
-            run
-            for run in unfinished
-            if config_difference(
-                OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml")), current
-            )
-            is None
+            path.parent.parent
+            for path in unfinished
+            if config_difference(load(path)["config"], current) is None
         ]
         if not matching:
             where = Path(new_dir).parent

@@ -1,0 +1,173 @@
+"""Fault tolerance: exact resume after SIGKILL, a clean stop on SIGINT, the NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SMALL = [
+    "data.subset=2048",
+    "data.batch_size=128",
+    "data.val_size=512",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every_steps=1",
+    "trainer.progress=false",
+]
+STEPS = 32  # 2048 / 128 = 16 steps per epoch
+
+
+def start(cwd: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *SMALL, *overrides],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_step(run_root: Path, step: int, process: subprocess.Popen) -> None:
+    """Wait until the run's last.pt is at `step` or beyond."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        for path in run_root.glob("outputs/runs/*/checkpoints/last.pt"):
+            try:
+                if torch.load(path, weights_only=True)["step"] >= step:
+                    return
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached step {step}")
+
+
+def series(run_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def only_run(root: Path) -> Path:
+    (run_dir,) = root.glob("outputs/runs/*")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    result = run_script("scripts/train.py", *SMALL, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return only_run(cwd)
+
+
+def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    process = start(tmp_path)
+    wait_for_step(tmp_path, random.randint(2, STEPS - 4), process)
+    process.kill()
+    process.wait()
+    run_dir = only_run(tmp_path)
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_script("scripts/train.py", *SMALL, "trainer.resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert only_run(tmp_path) == run_dir  # same directory, no new one
+
+    expected = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=True)
+    actual = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in expected["model"].items():
+        assert torch.equal(actual["model"][name], tensor), name
+    assert (
+        json.loads((run_dir / "metrics.json").read_text())["test_acc"]
+        == json.loads((uninterrupted / "metrics.json").read_text())["test_acc"]
+    )
+    # One TensorBoard series: every step exactly once, with the uninterrupted run's values.
+    assert series(run_dir) == series(uninterrupted)
+    assert [step for step, _ in series(run_dir)] == list(range(1, STEPS + 1))
+
+
+def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
+    process = start(tmp_path)
+    wait_for_step(tmp_path, 3, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("stopped: SIGINT at step ")
+    assert "trainer.resume=auto" in last_line and "Traceback" not in stderr
+    step = torch.load(only_run(tmp_path) / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert f"at step {step}:" in last_line
+
+    resumed = run_script("scripts/train.py", *SMALL, "trainer.resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [s for s, _ in series(only_run(tmp_path))] == list(range(1, STEPS + 1))
+
+
+def test_resume_with_another_config_is_refused(uninterrupted, tmp_path):
+    process = start(tmp_path)
+    wait_for_step(tmp_path, 2, process)
+    process.kill()
+    process.wait()
+    checkpoint = only_run(tmp_path) / "checkpoints" / "last.pt"
+    result = run_script(
+        "scripts/train.py", *SMALL, "optimizer.lr=0.2", f"ckpt_path={checkpoint}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "was trained with another config (optimizer.lr=0.05 there, 0.2 now)" in result.stderr
+    auto = run_script(
+        "scripts/train.py", *SMALL, "optimizer.lr=0.2", "trainer.resume=auto", cwd=tmp_path
+    )
+    assert auto.returncode == 2 and "nothing to resume" in auto.stderr
+    assert len(list(tmp_path.glob("outputs/runs/*"))) == 1
+
+
+def test_nothing_to_resume_leaves_no_directory(data_root, tmp_path):
+    result = run_script("scripts/train.py", *SMALL, "trainer.resume=auto", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: trainer.resume=auto found nothing to resume")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_nan_loss_stops_with_the_step_and_the_kept_checkpoint(data_root, tmp_path):
+    result = run_script("scripts/train.py", *SMALL, "optimizer.lr=1e30", cwd=tmp_path)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: the loss is nan at step ")
+    assert "trainer.skip_nonfinite=true" in message and "last good checkpoint: " in message
+    assert "Traceback" not in result.stderr
+    assert not (only_run(tmp_path) / "metrics.json").exists()
+
+
+def test_skip_nonfinite_counts_the_skipped_steps(data_root, tmp_path):
+    result = run_script(
+        "scripts/train.py", *SMALL, "optimizer.lr=1e30", "trainer.skip_nonfinite=true", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((only_run(tmp_path) / "metrics.json").read_text())
+    assert metrics["skipped_steps"] > 0
+    assert metrics["steps"] + metrics["skipped_steps"] == STEPS
+
+
+def test_unwritable_checkpoint_directory_is_one_clear_line(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the directory should be")
+    result = run_script("scripts/train.py", *SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: cannot write checkpoint {run_dir}")
+    )
+    assert "Traceback" not in result.stderr
+    assert os.listdir(run_dir).count("metrics.json") == 0
