@@ -1,0 +1,14 @@
+"""Measure fmnist against the standard PyTorch pipeline, side by side (configs/benchmark.yaml)."""
+
+import hydra
+
+import fmnist.benchmark
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
+def main(cfg) -> None:
+    fmnist.benchmark.main(cfg)
+
+
+if __name__ == "__main__":
+    main()

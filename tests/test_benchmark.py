@@ -1,0 +1,30 @@
+"""scripts/benchmark.py in its quick mode: it runs end to end and reports every figure."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_script
+
+
+def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
+    result = run_script(
+        "scripts/benchmark.py",
+        "steps=2",
+        "repeats=1",
+        "data_subset=1024",
+        "loss_calls=3",
+        "loss_shapes=[[64,10]]",
+        "agreement_steps=3",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "benchmark.json").read_text())
+    train = results["training_images_per_second"]
+    assert train["standard_pipeline"] > 0 and train["fmnist"] > 0
+    assert train["speedup"] == round(train["fmnist"] / train["standard_pipeline"], 2)
+    assert results["data_path_seconds_per_epoch"]["samples"] == 1024
+    assert [row["shape"] for row in results["loss_forward_backward_us"]] == [[64, 10]]
+    assert results["loss_agreement"]["steps"] == 3
+    assert results["loss_agreement"]["max_abs_difference"] < 1e-4
+    assert "training images/s" in result.stdout and "loss fwd+bwd" in result.stdout
