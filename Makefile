@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 NPROC ?= 2
 
-.PHONY: setup data train test lint format tensorboard bench clean
+.PHONY: setup data train train-ddp test lint format tensorboard bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Several processes (gloo on CPU, nccl on GPUs): make train-ddp NPROC=2 ARGS="trainer.max_epochs=3"
+train-ddp: data
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) scripts/train.py $(ARGS)
+
+bench: data
+	$(PY) scripts/benchmark.py $(ARGS)
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir outputs

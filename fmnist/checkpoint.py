@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import fmnist
-from fmnist import data
+from fmnist import data, distributed
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.logging import flatten
 
@@ -176,7 +176,7 @@ def run_dir_for(new_dir: str, *, _root_: DictConfig) -> str:
             )
         run_dir = matching[0]
     else:
-        return new_dir
+        return distributed.agree(new_dir)  # under torchrun, rank 0's timestamp for all
     if finished(run_dir):
         raise UserError(f"{run_dir} has finished (metrics.json exists): nothing to resume")
-    return str(run_dir)
+    return distributed.agree(str(run_dir))

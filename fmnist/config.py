@@ -65,7 +65,7 @@ class DataConfig:
 class SmallCNNConfig:
     _target_: str = "fmnist.models.SmallCNN"
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
-    convs_per_block: int = 1
+    convs_per_block: int = 2
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -172,12 +172,14 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else 32
     channels_last: bool = True  # NHWC convolutions: faster on CPUs with AVX-512 and on GPUs
     compile: bool = False  # torch.compile the model (measured slower on 2-core CPUs)
+    tta: bool = True  # evaluate on each image and its mirror image, averaging the logits
     deterministic: bool = False  # bit-reproducible CPU runs
     progress: bool = True  # tqdm bars (never when output is not a terminal)
     checkpoint_every_steps: int = (
         100  # also write checkpoints/last.pt mid-epoch; 0: epoch ends only
     )
     resume: str | None = None  # auto: continue the newest unfinished run with this config
+    sync_batchnorm: bool = False  # under torchrun with GPUs: BatchNorm statistics over all ranks
     skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping
 
     def __post_init__(self) -> None:

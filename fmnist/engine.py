@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fmnist import distributed
 from fmnist.errors import UserError
 from fmnist.logging import TensorBoard, progress
 from fmnist.losses import cross_entropy
@@ -49,17 +50,27 @@ def confusion_matrix(labels: Tensor, predictions: Tensor) -> Tensor:
     )
 
 
+def predict(model: nn.Module, images: Tensor, compute: Compute, tta: bool = False) -> Tensor:
+    """float32 logits; with `tta`, averaged with those of the mirrored images (flips are a
+    symmetry of the training data, so the two views are equally valid evidence)."""
+    with compute.autocast():
+        logits = model(compute.images(images)).float()
+        if tta:
+            logits = (logits + model(compute.images(images.flip(-1))).float()) / 2
+    return logits
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, compute: Compute) -> Metrics:
+def evaluate(model: nn.Module, loader, compute: Compute, tta: bool = False) -> Metrics:
     """Loss, accuracy and confusion matrix of `model` over one pass of `loader`."""
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=compute.device)
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=compute.device)
     for images, labels in loader.epoch():
-        with compute.autocast():
-            logits = model(compute.images(images))
-        total_loss += cross_entropy(logits.float(), labels, reduction="sum")
+        logits = predict(model, images, compute, tta)
+        total_loss += cross_entropy(logits, labels, reduction="sum")
         confusion += confusion_matrix(labels, logits.argmax(1))
+    distributed.sum_(total_loss), distributed.sum_(confusion)  # over the whole split
     count = confusion.sum().item()
     return Metrics(total_loss.item() / count, confusion.trace().item() / count, confusion.cpu())
 
@@ -116,7 +127,8 @@ def train_epoch(
         with t.compute.autocast():
             logits = t.trained(t.compute.images(images))
         loss = t.loss_fn(logits.float(), labels)
-        loss_value = loss.item()
+        correct = (logits.argmax(1) == labels).sum()
+        loss_value, accuracy = distributed.batch_means(loss.detach(), correct, len(labels))
         position.batch += 1
         if not math.isfinite(loss_value):
             if not skip_nonfinite:
@@ -135,7 +147,6 @@ def train_epoch(
         t.scheduler.step()
         position.step += 1
 
-        accuracy = (logits.argmax(1) == labels).float().mean().item()
         tensorboard.scalars(position.step, train_loss=loss_value, train_acc=accuracy, train_lr=lr)
         batches.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy:.3f}", refresh=False)
         yield position

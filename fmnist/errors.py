@@ -31,8 +31,12 @@ def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            print(f"{e.label}: {e}", file=sys.stderr)
-            sys.exit(e.exit_code)
+        except Exception as e:
+            # Hydra's instantiate wraps what a constructor raises: look through it.
+            error = e if isinstance(e, UserError) else e.__cause__
+            if not isinstance(error, UserError):
+                raise
+            print(f"{error.label}: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
 
     return wrapper

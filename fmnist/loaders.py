@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fmnist import data
+from fmnist import data, distributed
 from fmnist.errors import UserError
 
 Batch = tuple[Tensor, Tensor]
@@ -100,9 +100,10 @@ class DeviceLoader:
         )
         steps = torch.arange(side, device=self.device)
         for start in range(start_batch * self.batch_size, n, self.batch_size):
-            index = order[start : start + self.batch_size]
-            dy, dx = offsets[:, start : start + self.batch_size]
-            flip = flips[start : start + self.batch_size, None]
+            # Under torchrun each rank takes its part of the global batch.
+            index = distributed.shard(order[start : start + self.batch_size])
+            dy, dx = distributed.shard(offsets[:, start : start + self.batch_size].T).T
+            flip = distributed.shard(flips[start : start + self.batch_size])[:, None]
             rows = dy[:, None] + steps  # (B, 28): which padded rows each sample's window covers
             cols = dx[:, None] + torch.where(flip, side - 1 - steps, steps)  # reversed = h-flip
             images = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -133,15 +134,16 @@ class TorchLoader:
     def epoch(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
         """Yield epoch `epoch`'s batches, from batch `start_batch` on."""
         generator = epoch_generator(self.seed, epoch)
-        order = (
-            self.indices[torch.randperm(len(self.indices), generator=generator)]
-            if self.shuffle
-            else self.indices
-        )
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=generator)]
+        batches = [
+            distributed.shard(batch).tolist()
+            for batch in order[start_batch * self.batch_size :].split(self.batch_size)
+        ]
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=order[start_batch * self.batch_size :].tolist(),
+            batch_sampler=batches,
             num_workers=self.num_workers,
             generator=generator,
             pin_memory=self.device.type == "cuda",
@@ -186,6 +188,8 @@ class FashionMNIST:
         flip: bool = True,
         num_workers: int = 2,
     ) -> None:
+        distributed.per_rank_batch(batch_size, "data.batch_size")
+        distributed.per_rank_batch(eval_batch_size, "data.eval_batch_size")
         self.origin = data.prepare(root, tuple(source_dirs))
         root = str(data.resolve_root(root))
         train_index, val_index = split_train_val(seed, val_size, subset)

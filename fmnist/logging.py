@@ -68,26 +68,35 @@ def confusion_figure(matrix: torch.Tensor, title: str):
 class TensorBoard:
     """The run's one SummaryWriter, with the few things fmnist writes to it."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+    def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
+        self.writer = (
+            SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
+        )
 
     def scalars(self, step: int, **values: float) -> None:
         """`train_loss=0.5` is written as the tag `train/loss`."""
+        if self.writer is None:
+            return
         for name, value in values.items():
             self.writer.add_scalar(name.replace("_", "/", 1), value, step)
 
     def confusion(self, tag: str, matrix: torch.Tensor, step: int) -> None:
+        if self.writer is None:
+            return
         self.writer.add_figure(tag, confusion_figure(matrix, f"{tag} (step {step})"), step)
 
     def hyperparameters(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """The hparams-plugin entry: `params` against final `metrics` (tags already logged)."""
+        if self.writer is None:
+            return
         experiment, start, end = hparams(params, metrics)
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, start, end):
             file_writer.add_summary(summary)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def __enter__(self) -> TensorBoard:
         return self

@@ -12,26 +12,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fmnist import checkpoint
+from fmnist import checkpoint, distributed
 from fmnist.config import validate
 from fmnist.engine import Compute, NonFiniteLoss, Position, Training, evaluate, train_epoch
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.logging import TensorBoard, flatten, progress
 
 log = logging.getLogger("fmnist")
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu"
-        )
-    return torch.device(
-        "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
-    )
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -68,24 +58,36 @@ def main(cfg: DictConfig) -> float:
 def build(cfg: DictConfig) -> Training:
     """Seed, then build data, model, loss, optimizer and schedule from the config."""
     settings = cfg.trainer
+    distributed.init()
     seed_everything(cfg.seed, settings.deterministic)
-    device = pick_device(settings.device)
+    device = distributed.device(settings.device)
     bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_is_fast(device))
     compute = Compute(device, bf16, settings.channels_last)
 
     data = instantiate(cfg.data, device=device, seed=cfg.seed)
-    model = instantiate(cfg.model).to(
-        device, memory_format=torch.channels_last if compute.channels_last else None
-    )
+    model = instantiate(cfg.model)
+    if settings.sync_batchnorm and distributed.world_size() > 1:
+        if device.type != "cuda":
+            raise UserError(
+                "trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU "
+                "kernel): leave it false on CPU"
+            )
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=torch.channels_last if compute.channels_last else None)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=settings.max_epochs * len(data.train)
     )
+    trained = model
+    if distributed.world_size() > 1:  # averages gradients over the ranks during backward
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return Training(
         compute,
         data,
         model,
-        torch.compile(model) if settings.compile else model,
+        torch.compile(trained) if settings.compile else trained,
         build_loss(cfg.loss, device),
         optimizer,
         scheduler,
@@ -148,6 +150,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     settings = cfg.trainer
     t = build(cfg)
     model, data, compute = t.model, t.data, t.compute
+    writer = distributed.is_main()  # under torchrun, rank 0 alone writes and shows progress
+    show_progress = settings.progress and writer
+    if not writer:
+        log.setLevel(logging.WARNING)
     config = OmegaConf.to_container(cfg, resolve=True)
     position, best_acc, train_seconds = Position(), -1.0, 0.0
     source = resume_point(cfg, run_dir)
@@ -173,6 +179,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     checkpoints = run_dir / "checkpoints"
 
     def save(name: str, metrics: dict, elapsed: float) -> None:
+        if not writer:
+            return
         checkpoint.save(
             checkpoints / name,
             model=model.state_dict(),
@@ -192,14 +200,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     # Events after the checkpoint we resume from were never saved: TensorBoard drops them.
     purge_step = position.step + 1 if source else None
     with (
-        TensorBoard(run_dir, purge_step) as tensorboard,
+        TensorBoard(run_dir, purge_step, enabled=writer) as tensorboard,
         logging_redirect_tqdm(),
         StopSignals() as stop,
     ):
         epochs = range(position.epoch, settings.max_epochs)
         for _ in progress(
             epochs,
-            settings.progress,
+            show_progress,
             initial=position.epoch,
             total=settings.max_epochs,
             desc="epochs",
@@ -207,17 +215,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             start = time.perf_counter()
             try:
                 for _ in train_epoch(
-                    t, position, tensorboard, settings.progress, settings.skip_nonfinite
+                    t, position, tensorboard, show_progress, settings.skip_nonfinite
                 ):
                     every = settings.checkpoint_every_steps
-                    if stop.received or (every and position.step % every == 0):
+                    stopping = distributed.any_(stop.received is not None)  # all ranks together
+                    if stopping or (every and position.step % every == 0):
                         save("last.pt", {}, train_seconds + time.perf_counter() - start)
-                    if stop.received:
+                    if stopping:
+                        signum = stop.received or signal.SIGTERM
                         raise Interrupted(
-                            f"{signal.Signals(stop.received).name} at step {position.step}: saved "
+                            f"{signal.Signals(signum).name} at step {position.step}: saved "
                             f"{checkpoints / 'last.pt'}; continue with `python scripts/train.py "
                             "trainer.resume=auto` (same overrides)",
-                            exit_code=128 + stop.received,
+                            exit_code=128 + signum,
                         )
             except NonFiniteLoss as e:
                 kept = checkpoints / "last.pt"
@@ -226,7 +236,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 ) from None
             train_seconds += time.perf_counter() - start
 
-            val = evaluate(t.trained, data.val, compute) if data.val else None
+            val = evaluate(t.trained, data.val, compute, settings.tta) if data.val else None
             if val:
                 tensorboard.scalars(position.step, **val.as_dict("val"))
                 tensorboard.confusion("val/confusion", val.confusion, position.step)
@@ -247,9 +257,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 save("best.pt", val.as_dict("val") if val else {}, train_seconds)
 
         # The run's result is its best model by validation accuracy: test it, once.
+        distributed.barrier()  # rank 0 has written best.pt
         best = checkpoint.load(checkpoints / "best.pt", compute.device)
         model.load_state_dict(best["model"])
-        test = evaluate(t.trained, data.test, compute)
+        test = evaluate(t.trained, data.test, compute, settings.tta)
         tensorboard.scalars(position.step, **test.as_dict("test"))
         tensorboard.confusion("test/confusion", test.confusion, position.step)
         metrics = {
@@ -264,10 +275,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 settings.max_epochs * data.train.num_samples / train_seconds, 1
             ),
         }
-        checkpoint.save(checkpoints / "best.pt", **{**best, "metrics": metrics})
         reported = {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
         tensorboard.hyperparameters(dict(flatten(config)), reported)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if writer:
+        checkpoint.save(checkpoints / "best.pt", **{**best, "metrics": metrics})
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(
         "test loss %.4f acc %.4f (weights of epoch %d); run saved in %s",
         test.loss,
