@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -69,11 +71,15 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Load and sanity-check a checkpoint without executing anything stored in it."""
     path = resolve(path)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).splitlines()[0]
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it would call {found.group(1)}" if found else "it holds more than tensors and data"
         raise UserError(
-            f"{path} was refused: it is not a plain fmnist checkpoint ({reason})"
+            f"{path} was refused: it is not a plain fmnist checkpoint ({what}; fmnist loads "
+            "weights only and never runs code from a file)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -33,6 +33,7 @@ class DataConfig:
     _target_: str = "fmnist.loaders.FashionMNIST"
     root: str | None = None  # default: $FMNIST_DATA, else data/ at the project root
     source_dirs: list[str] = field(default_factory=lambda: list(SYSTEM_DIRS))
+    download: bool = True  # let torchvision download it when no local source has it
     loader: str = "device"  # device: batches sliced on the device; torch: DataLoader + transforms
     batch_size: int = 256
     eval_batch_size: int = 1024

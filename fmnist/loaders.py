@@ -179,6 +179,7 @@ class FashionMNIST:
         seed: int = 0,
         root: str | None = None,
         source_dirs: Sequence[str] = data.SYSTEM_DIRS,
+        download: bool = True,
         loader: str = "device",
         batch_size: int = 256,
         eval_batch_size: int = 1024,
@@ -190,7 +191,7 @@ class FashionMNIST:
     ) -> None:
         distributed.per_rank_batch(batch_size, "data.batch_size")
         distributed.per_rank_batch(eval_batch_size, "data.eval_batch_size")
-        self.origin = data.prepare(root, tuple(source_dirs))
+        self.origin = data.prepare(root, tuple(source_dirs), download)
         root = str(data.resolve_root(root))
         train_index, val_index = split_train_val(seed, val_size, subset)
         augment = {"crop_padding": crop_padding, "flip": flip}

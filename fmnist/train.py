@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -50,9 +51,21 @@ def build_loss(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
 @reports_user_errors
 def main(cfg: DictConfig) -> float:
     """`scripts/train.py`: validate, train in Hydra's run directory, return test accuracy."""
-    validate(cfg)
-    metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return metrics["test_acc"]
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate(cfg)
+        return train(cfg, run_dir)["test_acc"]
+    except Exception:
+        discard_if_unused(run_dir)
+        raise
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but Hydra's config copy and log, so a run
+    that failed before training leaves no half-made run behind (a resumed one is never removed)."""
+    unused = run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}
+    if unused and distributed.is_main():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def build(cfg: DictConfig) -> Training:

@@ -1,0 +1,132 @@
+"""Every kind of user mistake: a non-zero exit, one clear line, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_script
+
+from fmnist import data
+
+
+class RunsCode:
+    """A pickle that would create a marker file if anything ever unpickled it unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def files(data_root, tmp_path_factory) -> dict[str, str]:
+    """Bad data roots and bad checkpoints, made once for the module."""
+    base = tmp_path_factory.mktemp("bad")
+    made = {"tmp": str(base), "marker": str(base / "MARKER")}
+    for name, damage in (
+        ("corrupt_root", lambda f: (f.seek(9000), f.write(b"\x07" * 4))),
+        ("truncated_root", lambda f: f.truncate(1000)),
+    ):
+        root = base / name
+        shutil.copytree(data.raw_dir(data_root), data.raw_dir(root))
+        with open(data.raw_dir(root) / "t10k-images-idx3-ubyte", "r+b") as f:
+            damage(f)
+        made[name] = str(root)
+
+    run = base / "linear_run"
+    result = run_script("scripts/train.py", *LINEAR_RUN, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr
+    checkpoint = run / "checkpoints" / "last.pt"
+    made["linear_ckpt"] = str(checkpoint)
+    truncated = base / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    made["truncated_ckpt"] = str(truncated)
+    foreign = base / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    made["foreign_ckpt"] = str(foreign)
+    malicious = base / "malicious.pt"
+    with open(malicious, "wb") as f:
+        pickle.dump({"model": RunsCode(base / "MARKER"), "format": 1}, f)
+    made["pickle_ckpt"] = str(malicious)
+    made["torch_pickle_ckpt"] = str(base / "malicious_torch.pt")
+    torch.save({"model": RunsCode(base / "MARKER")}, made["torch_pickle_ckpt"])
+    return made
+
+
+TRAIN = "scripts/train.py"
+LINEAR_RUN = [
+    "model=linear",
+    "data.subset=512",
+    "data.val_size=256",
+    "trainer.max_epochs=1",
+    "trainer.progress=false",
+]
+EXPLAIN = "scripts/explain.py"
+CASES = [
+    # (script, arguments, what the message must say)
+    (TRAIN, ["loss=foo"], "Could not find 'loss/foo'"),
+    (TRAIN, ["model.foo=1"], "Could not override 'model.foo'"),
+    (TRAIN, ["data.batch_size=abc"], "could not be converted to Integer"),
+    (TRAIN, ["trainer.max_epochs=1.5"], "could not be converted to Integer"),
+    (TRAIN, ["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is invalid: must be > 0"),
+    (TRAIN, ["optimizer.lr=0"], "optimizer.lr=0.0 is invalid: must be > 0"),
+    (TRAIN, ["data.batch_size=0"], "data.batch_size=0 is invalid"),
+    (TRAIN, ["data.eval_batch_size=-5"], "data.eval_batch_size=-5 is invalid"),
+    (TRAIN, ["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid"),
+    (TRAIN, ["data.val_size=-1"], "data.val_size=-1 is invalid"),
+    (TRAIN, ["data.subset=0"], "data.subset=0 is invalid"),
+    (TRAIN, ["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is invalid"),
+    (TRAIN, ["loss.label_smoothing=-0.1"], "loss.label_smoothing=-0.1 is invalid"),
+    (TRAIN, ["loss.weight=[1,2]"], "give 10 non-negative class weights"),
+    (TRAIN, ["model.widths=[]"], "model.widths=[] is invalid"),
+    (TRAIN, ["trainer.device=tpu"], "choose one of auto, cpu, cuda"),
+    (TRAIN, ["trainer.resume=yes"], "trainer.resume=yes is invalid"),
+    (TRAIN, ["data.loader=fast"], "choose one of device, torch"),
+    (TRAIN, ["data.val_size=60000"], "leaves no training data"),
+    (
+        TRAIN,
+        ["data.root={tmp}/missing", "data.source_dirs=[]", "data.download=false"],
+        "Fashion-MNIST is not in",
+    ),
+    (TRAIN, ["data.root={corrupt_root}"], "t10k-images-idx3-ubyte: checksum mismatch"),
+    (TRAIN, ["data.root={truncated_root}"], "t10k-images-idx3-ubyte: truncated"),
+    (TRAIN, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
+    (
+        TRAIN,
+        ["ckpt_path={linear_ckpt}", *LINEAR_RUN[1:]],
+        "was trained with another config (model._target_=fmnist.models.Linear there",
+    ),
+    (TRAIN, ["ckpt_path={truncated_ckpt}"], "is not a readable checkpoint"),
+    (TRAIN, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
+    (
+        TRAIN,
+        ["ckpt_path={pickle_ckpt}"],
+        "was refused: it is not a plain fmnist checkpoint",
+    ),
+    (TRAIN, ["ckpt_path={torch_pickle_ckpt}"], "was refused: it is not a plain fmnist checkpoint"),
+    (TRAIN, ["trainer.resume=auto"], "found nothing to resume"),
+    (EXPLAIN, ["logits=[[1,2],[3]]"], "error:"),
+    (EXPLAIN, ["logits=[1,2,3]", "targets=3"], "error:"),
+    (EXPLAIN, ["logits=[1,a,3]", "targets=0"], "error:"),
+    (EXPLAIN, ["probs=[0.5,0.6]", "target=0"], "error:"),
+]
+
+
+@pytest.mark.parametrize(("script", "arguments", "message"), CASES, ids=lambda v: str(v)[:40])
+def test_bad_input(files, tmp_path, script, arguments, message):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = run_script(script, *(a.format(**files) for a in arguments), cwd=cwd)
+    assert result.returncode != 0
+    assert message.format(**files) in result.stderr
+    assert "Traceback" not in result.stderr
+    if result.stderr.startswith("error: "):  # ours: exactly one line
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert [p for p in cwd.rglob("*") if p.is_file()] == []  # nothing half-written
+    assert not Path(files["marker"]).exists()  # no checkpoint ever ran code
