@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             f"{path} was refused: it is not a plain fmnist checkpoint ({what}; fmnist loads "
             "weights only and never runs code from a file)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # garbage makes the weights-only unpickler raise almost anything
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
             f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}"
@@ -97,16 +97,76 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return checkpoint
 
 
-def build_model(checkpoint: dict[str, Any]) -> nn.Module:
-    """The checkpoint's model, rebuilt from its own config and loaded with its weights."""
-    model = instantiate(checkpoint["config"]["model"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
+def build_model(checkpoint: dict[str, Any], path: Path | str = "the checkpoint") -> nn.Module:
+    """The checkpoint's model, rebuilt from its own config and loaded with its weights.
+
+    Only fmnist's model classes are built, with their schemas' checks: a weights-only file can
+    still name any `_target_` in its config, and instantiating that could run arbitrary code.
+    """
+    from fmnist.config import GROUP_SCHEMAS  # (fmnist.config imports this module)
+
+    schemas = {schema._target_: schema for schema in GROUP_SCHEMAS["model"].values()}
+    model_cfg = (
+        checkpoint.get("config", {}).get("model")
+        if isinstance(checkpoint.get("config"), dict)
+        else None
+    )
+    target = model_cfg.get("_target_") if isinstance(model_cfg, dict) else None
+    if target not in schemas:
         raise UserError(
-            f"the checkpoint's weights do not fit its model: {str(e).splitlines()[0]}"
+            f"{path} names the model {target!r}, which is not an fmnist model "
+            f"({', '.join(schemas)}): refused to build it"
+        )
+    try:
+        model_cfg = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(schemas[target]), model_cfg)
+        )
+    except Exception as e:  # a range check (a UserError, maybe wrapped) or an unknown key
+        error = e.__cause__ if isinstance(e.__cause__, UserError) else e
+        raise UserError(
+            f"{path} has an invalid model config: {str(error).splitlines()[0]}"
         ) from None
+    model = instantiate(OmegaConf.structured(model_cfg))
+    _load_weights(model, checkpoint.get("model"), path, target)
     return model
+
+
+def _load_weights(model: nn.Module, weights: object, path: Path | str, target: str) -> None:
+    """Load `weights` strictly, explaining a mismatch in one line (which keys, which shapes)."""
+    if not isinstance(weights, dict) or not all(
+        isinstance(v, torch.Tensor) for v in weights.values()
+    ):
+        raise UserError(f"{path}: its 'model' entry is not a state_dict of tensors")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong_shape = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = [f"{len(missing)} missing keys (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})"] if unexpected else []
+        parts += [
+            f"{key} has shape {tuple(weights[key].shape)}, the model needs "
+            f"{tuple(expected[key].shape)}"
+            for key in wrong_shape[:1]
+        ]
+        raise UserError(
+            f"{path} holds the weights of another model than its config's {target}: "
+            f"{' and '.join(parts)}"
+        )
+    model.load_state_dict(weights)
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run directory holding nothing but Hydra's config copy and log, so a command that
+    failed before doing its work leaves no half-made output (a resumed run is never removed)."""
+    if (
+        not run_dir.is_dir()
+        or run_dir.resolve() == Path.cwd().resolve()
+        or not distributed.is_main()
+    ):
+        return
+    if all(p.name == ".hydra" or p.name.endswith(".log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 IGNORED_WHEN_RESUMING = ("trainer.resume", "ckpt_path")

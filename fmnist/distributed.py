@@ -38,12 +38,10 @@ def init() -> None:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def device(name: str) -> torch.device:
-    """This rank's device: its own GPU (LOCAL_RANK) when training on CUDA."""
+def device(name: str, key: str = "trainer.device") -> torch.device:
+    """`auto`: CUDA when a GPU is visible, else the CPU; under torchrun, this rank's own GPU."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "trainer.device=cuda but no CUDA GPU is visible: use trainer.device=auto or cpu"
-        )
+        raise UserError(f"{key}=cuda but no CUDA GPU is visible: use {key}=auto or cpu")
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -155,20 +155,27 @@ def _distribution_lines(q: list[float], target: int, step: str) -> list[str]:
     return lines
 
 
-def _expansion(q: list[float], target: int, value: torch.Tensor | None = None) -> str:
-    """-(0*log(0.0391)+1*log(0.1753)+0*log(0.7856)) = 1.7413, with q shown to 4 decimals.
-
-    Without `value`, the result is worked out from the rounded q as written (what the reader
-    gets by hand).
-    """
+def expansion(q: list[float], target: int) -> str:
+    """-(0*log(0.0391)+1*log(0.1753)+0*log(0.7856)): every term of -sum_c p_c * log(q_c), for
+    the one-hot p of `target`, with q shown to 4 decimals as on paper."""
     shown = [round(v, DECIMALS) for v in q]
-    terms = "+".join(f"{int(c == target)}*log({v:.{DECIMALS}f})" for c, v in enumerate(shown))
+    return (
+        "-("
+        + "+".join(f"{int(c == target)}*log({v:.{DECIMALS}f})" for c, v in enumerate(shown))
+        + ")"
+    )
+
+
+def _expansion(q: list[float], target: int, value: torch.Tensor | None = None) -> str:
+    """The expansion and its value: ... = 1.7413. Without `value`, the value is worked out from
+    the rounded q as written (what the reader gets by hand)."""
+    shown = [round(v, DECIMALS) for v in q]
     if value is None:
         qy = shown[target]
         result = -math.log(qy) if qy > 0 else math.inf
     else:
         result = value.item()
-    return f"-({terms}) = {result:.{DECIMALS}f}"
+    return f"{expansion(q, target)} = {result:.{DECIMALS}f}"
 
 
 def _label(target: int, num_classes: int) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -56,16 +55,8 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)
         return train(cfg, run_dir)["test_acc"]
     except Exception:
-        discard_if_unused(run_dir)
+        checkpoint.discard_if_unused(run_dir)
         raise
-
-
-def discard_if_unused(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but Hydra's config copy and log, so a run
-    that failed before training leaves no half-made run behind (a resumed one is never removed)."""
-    unused = run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}
-    if unused and distributed.is_main():
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def build(cfg: DictConfig) -> Training:

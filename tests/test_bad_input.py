@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import RunsCode, run_script
 
 from fmnist import data
-
-
-class RunsCode:
-    """A pickle that would create a marker file if anything ever unpickled it unsafely."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +57,8 @@ LINEAR_RUN = [
     "trainer.progress=false",
 ]
 EXPLAIN = "scripts/explain.py"
+EVALUATE = "scripts/evaluate.py"
+SNAPSHOT = "scripts/snapshot.py"
 CASES = [
     # (script, arguments, what the message must say)
     (TRAIN, ["loss=foo"], "Could not find 'loss/foo'"),
@@ -115,6 +106,24 @@ CASES = [
     (EXPLAIN, ["logits=[1,2,3]", "targets=3"], "error:"),
     (EXPLAIN, ["logits=[1,a,3]", "targets=0"], "error:"),
     (EXPLAIN, ["probs=[0.5,0.6]", "target=0"], "error:"),
+    (EVALUATE, [], "ckpt_path is required"),
+    (EVALUATE, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
+    (EVALUATE, ["ckpt_path={truncated_ckpt}"], "is not a readable checkpoint"),
+    (EVALUATE, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
+    (EVALUATE, ["ckpt_path={torch_pickle_ckpt}"], "was refused"),
+    (EVALUATE, ["ckpt_path={linear_ckpt}", "split=holdout"], "split"),
+    (SNAPSHOT, ["index=10000"], "index"),
+    (SNAPSHOT, ["target_class=10"], "target_class"),
+    (SNAPSHOT, ["probs=[0.5,0.6]", "target=0"], "error:"),
+    (
+        SNAPSHOT,
+        [
+            "probs=[0.1058,0.1043,0.0988,0.1066,0.0875,0.0881,0.1027,0.1046,0.1057,0.0958]",
+            "target=12",
+        ],
+        "error:",
+    ),
+    (SNAPSHOT, ["ckpt_path={pickle_ckpt}"], "was refused"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -65,6 +66,23 @@ def test_checkpoint_loads_in_a_single_process(two_process_run):
     model = checkpoint.build_model(best)  # saved from the unwrapped model: no "module." prefix
     assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
     assert best["metrics"]["test_acc"] > 0.5
+
+
+def test_checkpoint_evaluates_with_the_recorded_accuracy(two_process_run, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "evaluate.py"),
+            f"ckpt_path={two_process_run}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    recorded = checkpoint.load(two_process_run)["metrics"]["test_acc"]
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == recorded
 
 
 def test_losses_match_a_single_process_run(two_process_run, tmp_path):
