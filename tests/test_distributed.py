@@ -106,3 +106,12 @@ def test_a_batch_that_does_not_split_is_one_clear_error(data_root, tmp_path):
         "error: data.batch_size=127 does not split over 2 processes: use a multiple of 2"
         in result.stderr
     )
+
+
+def test_sync_batchnorm_on_cpu_says_it_needs_gpus(data_root, tmp_path):
+    result = torchrun(*SAME_MATH, "model=small_cnn", "trainer.sync_batchnorm=true", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: trainer.sync_batchnorm=true needs CUDA GPUs" in result.stderr
+    assert not (tmp_path / "outputs" / "runs").exists() or not any(
+        (tmp_path / "outputs" / "runs").iterdir()
+    )
