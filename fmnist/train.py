@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    if deterministic:  # cuBLAS needs this to be deterministic on GPUs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
