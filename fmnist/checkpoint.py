@@ -11,7 +11,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 import fmnist
 from fmnist import data, distributed
 from fmnist.errors import UserError, reports_user_errors
+from fmnist.files import write_atomically
 from fmnist.logging import flatten
 
 FORMAT = 1  # bump when the layout below changes incompatibly
@@ -38,21 +38,7 @@ def save(path: Path, **contents: Any) -> None:
         "normalization": {"mean": data.MEAN, "std": data.STD},
         **contents,
     }
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise UserError(
-            f"cannot write checkpoint {path} ({reason}): free disk space or fix permissions; "
-            "the previous checkpoint is intact"
-        ) from None
+    write_atomically(path, lambda tmp: torch.save(checkpoint, tmp), "checkpoint")
 
 
 def resolve(path: str | os.PathLike, in_run_dir: str = "best.pt") -> Path:

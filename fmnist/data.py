@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from fmnist.errors import UserError, reports_user_errors
+from fmnist.files import write_atomically
 
 CLASSES = (
     "T-shirt/top",
@@ -163,19 +164,6 @@ def _read(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be read ({e})") from None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so `path` is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_prepared(root: Path) -> bool:
     return all((raw_dir(root) / spec.name).exists() for spec in ALL_SPECS)
 
@@ -204,7 +192,7 @@ def _copy_from_dir(source: Path, root: Path) -> None:
             raise DataError(f"{e}; replace the file (or reinstall dataset-fashion-mnist)") from None
         contents[spec.name] = data
     for name, data in contents.items():
-        _write_atomically(raw_dir(root) / name, data)
+        write_atomically(raw_dir(root) / name, lambda tmp, data=data: tmp.write_bytes(data))
 
 
 def _download(root: Path) -> None:

@@ -8,7 +8,7 @@ the one the run recorded, exactly. Loading is weights-only and the model's class
 fmnist's models: nothing named in a file is ever imported or called.
 
 Also used by `fmnist.snapshot`: `load_checkpoint`, `normalise`, `save_figure`,
-`write_atomically`.
+and `fmnist.files.write_atomically` through it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from fmnist import checkpoint, data, distributed
 from fmnist.config import choose, require
 from fmnist.engine import Compute, confusion_matrix, predict
 from fmnist.errors import UserError, reports_user_errors
+from fmnist.files import write_atomically
 from fmnist.losses import cross_entropy, softmax
 
 SPLITS = ("test", "val", "train")
@@ -95,18 +96,6 @@ def validate(cfg: DictConfig) -> EvaluateConfig:
 # --------------------------------------------------------------------------------------------
 # Shared with fmnist.snapshot: devices, run directories, safe checkpoint loading, normalisation
 # --------------------------------------------------------------------------------------------
-
-
-def write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp)` to a temporary file next to `path`, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or e}): free disk space") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
