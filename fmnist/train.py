@@ -40,7 +40,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:  # cuBLAS needs this to be deterministic on GPUs
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic != torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)  # imports torch._inductor: 2 s
     torch.backends.cudnn.benchmark = not deterministic
 
 
