@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist.checkpoint import run_dir_for
 from fmnist.data import SYSTEM_DIRS
+from fmnist.engine import TTA_MODES
 from fmnist.errors import UserError
 
 
@@ -36,7 +37,7 @@ class DataConfig:
     download: bool = True  # let torchvision download it when no local source has it
     loader: str = "device"  # device: batches sliced on the device; torch: DataLoader + transforms
     batch_size: int = 256
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 512
     val_size: int = 5000  # carved from the official train split; 0 for none
     subset: int | None = None  # train on the first N shuffled training samples
     crop_padding: int = 2  # random-crop augmentation: pad by this many pixels; 0 turns it off
@@ -173,7 +174,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else 32
     channels_last: bool = True  # NHWC convolutions: faster on CPUs with AVX-512 and on GPUs
     compile: bool = False  # torch.compile the model (measured slower on 2-core CPUs)
-    tta: bool = True  # evaluate on each image and its mirror image, averaging the logits
+    tta: str = "flip"  # test-time augmentation: none | flip (2 views) | flip_shift (18 views)
     deterministic: bool = False  # bit-reproducible CPU runs
     progress: bool = True  # tqdm bars (never when output is not a terminal)
     checkpoint_every_steps: int = (
@@ -187,6 +188,7 @@ class TrainerConfig:
         require(self.max_epochs >= 1, "trainer.max_epochs", self.max_epochs, "must be at least 1")
         choose("trainer.device", self.device, ("auto", "cpu", "cuda"))
         choose("trainer.precision", str(self.precision), ("auto", "32", "bf16"))
+        choose("trainer.tta", self.tta, TTA_MODES)
         require(
             self.checkpoint_every_steps >= 0,
             "trainer.checkpoint_every_steps",

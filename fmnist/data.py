@@ -263,6 +263,15 @@ def load_split(
     return images.view(-1, SIDE, SIDE), labels.long()
 
 
+def normalise(images: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """uint8 pixels to float32 (x / 255 - mean) / std, where `images` lie. Every path into a model
+    (training loader, evaluate, snapshot) normalises here, so the same pixels give the same bits."""
+    return images.float().div_(255).sub_(mean).div_(std)
+
+
+BACKGROUND = (0.0 - MEAN) / STD  # a black pixel, normalised: what crops and shifts pad with
+
+
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     """`python -m fmnist.data`: prepare and verify the data, say where it came from."""

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fmnist import distributed
+from fmnist import data, distributed
 from fmnist.errors import UserError
 from fmnist.logging import TensorBoard, progress
 from fmnist.losses import cross_entropy
@@ -50,18 +51,39 @@ def confusion_matrix(labels: Tensor, predictions: Tensor) -> Tensor:
     )
 
 
-def predict(model: nn.Module, images: Tensor, compute: Compute, tta: bool = False) -> Tensor:
-    """float32 logits; with `tta`, averaged with those of the mirrored images (flips are a
-    symmetry of the training data, so the two views are equally valid evidence)."""
+TTA_MODES = ("none", "flip", "flip_shift")
+SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # (0, 0) included
+
+
+def tta_views(images: Tensor, tta: str = "none") -> list[Tensor]:
+    """The views of a batch that test-time augmentation averages over (`TTA_MODES`).
+
+    Training flips and shifts its images, so those are equally valid evidence at test time:
+    `flip` adds the mirror images (2 views), `flip_shift` also moves both by every 1-pixel
+    shift, padding with black as training's crops do (18 views, 9x the cost; over `flip`, +0.05
+    to +0.24 points of test accuracy in three runs of the default CNN).
+    """
+    views = [images] if tta == "none" else [images, images.flip(-1)]
+    if tta == "flip_shift":
+        side = images.shape[-1]
+        padded = [F.pad(view, (1, 1, 1, 1), value=data.BACKGROUND) for view in views]
+        views = [
+            view[..., 1 + dy : 1 + dy + side, 1 + dx : 1 + dx + side]
+            for view in padded
+            for dy, dx in SHIFTS
+        ]
+    return views
+
+
+def predict(model: nn.Module, images: Tensor, compute: Compute, tta: str = "none") -> Tensor:
+    """float32 logits, averaged over the `tta_views` of `images`."""
+    views = tta_views(images, tta)
     with compute.autocast():
-        logits = model(compute.images(images)).float()
-        if tta:
-            logits = (logits + model(compute.images(images.flip(-1))).float()) / 2
-    return logits
+        return sum(model(compute.images(view)).float() for view in views) / len(views)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, compute: Compute, tta: bool = False) -> Metrics:
+def evaluate(model: nn.Module, loader, compute: Compute, tta: str = "none") -> Metrics:
     """Loss, accuracy and confusion matrix of `model` over one pass of `loader`."""
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=compute.device)

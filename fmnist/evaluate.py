@@ -7,7 +7,7 @@ channels-last layout and test-time augmentation its run evaluated with, so the a
 the one the run recorded, exactly. Loading is weights-only and the model's class must be one of
 fmnist's models: nothing named in a file is ever imported or called.
 
-Also used by `fmnist.snapshot`: `load_checkpoint`, `normalise`, `save_figure`,
+Also used by `fmnist.snapshot`: `load_checkpoint`, `save_figure`,
 and `fmnist.files.write_atomically` through it.
 """
 
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from fmnist import checkpoint, data, distributed
 from fmnist.config import choose, require
-from fmnist.engine import Compute, confusion_matrix, predict
+from fmnist.engine import TTA_MODES, Compute, confusion_matrix, predict
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_atomically
 from fmnist.losses import cross_entropy, softmax
@@ -63,7 +63,7 @@ class EvaluateConfig:
     ckpt_path: str = MISSING  # a .pt file, or a run directory (then its checkpoints/best.pt)
     split: str = "test"
     device: str = "auto"
-    tta: bool | None = None  # null: as the run evaluated (its trainer.tta)
+    tta: str | None = None  # null: as the run evaluated (its trainer.tta); none|flip|flip_shift
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     top_confused: int = 5  # most confused class pairs to list
     wrong_images: int = 16  # most confidently wrong images in the grid PNG
@@ -72,6 +72,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         choose("split", self.split, SPLITS)
         choose("device", self.device, DEVICES)
+        if self.tta is not None:
+            choose("tta", self.tta, TTA_MODES)
         require(self.top_confused >= 1, "top_confused", self.top_confused, "must be at least 1")
         require(
             1 <= self.wrong_images <= 100, "wrong_images", self.wrong_images, "must be in 1..100"
@@ -178,12 +180,6 @@ def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def normalise(images: Tensor, mean: float, std: float, device: torch.device) -> Tensor:
-    """uint8 (N, 28, 28) to float32 (N, 1, 28, 28), with the very operations (and so the very
-    bits) of the training loader, `fmnist.loaders.DeviceLoader`."""
-    return images.to(device).float().div_(255).sub_(mean).div_(std).unsqueeze(1)
-
-
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
@@ -250,7 +246,7 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_split(model: nn.Module, loader: Batches, compute: Compute, tta: bool) -> Predictions:
+def predict_split(model: nn.Module, loader: Batches, compute: Compute, tta: str) -> Predictions:
     """One pass keeping every logit, computed exactly as `fmnist.engine.evaluate` computes its
     loss, accuracy and confusion matrix (same `predict`, same float64 sum of per-batch sums)."""
     model.eval()
@@ -344,14 +340,14 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
     loaded = load_checkpoint(cfg.ckpt_path)
     device = distributed.device(cfg.device, "device")
     compute = loaded.compute(device)
-    tta = loaded.setting("trainer.tta", bool) if cfg.tta is None else cfg.tta
+    tta = loaded.setting("trainer.tta", str) if cfg.tta is None else cfg.tta
     batch_size = cfg.data.batch_size or loaded.setting("data.eval_batch_size", int)
     split = split_data(loaded, cfg.split, cfg.data.root)
 
     model = loaded.model.to(
         device, memory_format=torch.channels_last if compute.channels_last else None
     )
-    images = normalise(split.images, loaded.mean, loaded.std, device)
+    images = data.normalise(split.images.to(device), loaded.mean, loaded.std).unsqueeze(1)
     p = predict_split(model, Batches(images, split.labels.to(device), batch_size), compute, tta)
 
     count = len(p.labels)
@@ -404,7 +400,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
 def report(r: dict[str, Any]) -> str:
     """The results as text: accuracy, both losses, per-class table, confusion matrix, pairs."""
     mode = ("bf16 autocast" if r["precision"] == "bf16" else "float32") + (
-        ", flip TTA" if r["tta"] else ""
+        "" if r["tta"] == "none" else f", TTA {r['tta']}"
     )
     lines = [
         f"Checkpoint: {r['ckpt_path']}",

@@ -67,11 +67,10 @@ class DeviceLoader:
         crop_padding: int = 0,
         flip: bool = False,
     ) -> None:
-        normalised = images.to(device).float().div_(255).sub_(data.MEAN).div_(data.STD)
-        # Pad once with the normalised value of a black pixel; a crop is then just a window.
-        background = (0.0 - data.MEAN) / data.STD
+        normalised = data.normalise(images.to(device))
+        # Pad once with black pixels; a crop is then just a window.
         pad = crop_padding
-        self.images = F.pad(normalised, (pad, pad, pad, pad), value=background)
+        self.images = F.pad(normalised, (pad, pad, pad, pad), value=data.BACKGROUND)
         self.labels = labels.to(device)
         self.num_samples = len(labels)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
@@ -182,7 +181,7 @@ class FashionMNIST:
         download: bool = True,
         loader: str = "device",
         batch_size: int = 256,
-        eval_batch_size: int = 1024,
+        eval_batch_size: int = 512,
         val_size: int = 5000,
         subset: int | None = None,
         crop_padding: int = 2,

@@ -33,7 +33,6 @@ from fmnist.errors import UserError, reports_user_errors
 from fmnist.evaluate import (
     DEVICES,
     load_checkpoint,
-    normalise,
     save_figure,
     write_atomically,
 )
@@ -246,7 +245,7 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
     images, labels = data.load_split(cfg.split, cfg.data.root)
     index = pick_image(labels, cfg.split, cfg.index, cfg.true_class)
     target = int(labels[index])
-    x = normalise(images[index : index + 1], mean, std, device)
+    x = data.normalise(images[index : index + 1].to(device), mean, std).unsqueeze(1)
     logits = predict(model, x, compute)  # float32 (1, 10), autocast as the checkpoint's run
     t = torch.tensor([target], device=device)
     return Snapshot(

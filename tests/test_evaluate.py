@@ -116,11 +116,11 @@ def test_one_pass_equals_the_training_loops_evaluation(run):
     images, labels = images[:700], labels[:700]
     model = loaded.model.to(memory_format=torch.channels_last if compute.channels_last else None)
     reference = engine_evaluate(
-        model, DeviceLoader(images, labels, 256, compute.device), compute, tta=True
+        model, DeviceLoader(images, labels, 256, compute.device), compute, tta="flip"
     )
-    normalised = evaluate.normalise(images, loaded.mean, loaded.std, compute.device)
+    normalised = data.normalise(images, loaded.mean, loaded.std).unsqueeze(1)
     ours = evaluate.predict_split(
-        model, evaluate.Batches(normalised, labels, 256), compute, tta=True
+        model, evaluate.Batches(normalised, labels, 256), compute, tta="flip"
     )
     assert ours.loss == reference.loss
     assert ours.accuracy == reference.accuracy
