@@ -1,7 +1,8 @@
 """Speed and accuracy measurements, side by side on one machine (`scripts/benchmark.py`).
 
-Every figure is a median of several repeats after a warm-up: these machines are noisy, and a
-ratio of two figures taken in the same run means more than either figure alone.
+Every figure is a median of several repeats after a warm-up, and the things compared take turns
+repeat by repeat: these machines are noisy, and a ratio of two figures taken side by side means
+more than either figure alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -42,17 +44,26 @@ STANDARD = (
 DEFAULT_LOSS_SHAPES = ((256, 10), (4096, 10), (1024, 1000))
 
 
-def _time_per_call_us(fn: Callable[[], object], repeats: int, number: int) -> float:
-    """Median over `repeats` runs of the mean time of `number` calls, in microseconds."""
-    for _ in range(max(1, number // 4)):  # warm up: allocator, caches, lazy initialisation
-        fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        runs.append((time.perf_counter() - start) / number * 1e6)
-    return statistics.median(runs)
+def _interleaved_median_seconds(
+    runs: dict[str, Callable[[int], object]], repeats: int
+) -> dict[str, float]:
+    """Median seconds of each run's call `run(round)` over `repeats` rounds after a warm-up round.
+
+    The runs take turns round by round, so a drift in machine load (these machines share their
+    cores) hits every run alike instead of whichever happened to be measured last.
+    """
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(repeats + 1):  # round 0 warms up: allocator, oneDNN kernels, workers
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(round_)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times[1:]) for name, times in seconds.items()}
+
+
+def _consume(iterator: Iterable) -> None:
+    """Run an iterator to its end, keeping nothing (the itertools "consume" recipe)."""
+    deque(iterator, maxlen=0)
 
 
 def loss_timings(
@@ -64,9 +75,8 @@ def loss_timings(
     """Forward + backward time of our `cross_entropy` vs `F.cross_entropy` on (N, C) logits.
 
     Both run the training-loop case (class-index targets, mean reduction) and compute the
-    gradient with respect to the logits. The two are interleaved run by run, so drifts in
-    machine load hit both alike. Returns one row per shape: shape, ours_us, torch_us, ratio
-    (ours / torch; below 1 means ours is faster).
+    gradient with respect to the logits, `number` calls per timed run. Returns one row per
+    shape: shape, ours_us, torch_us, ratio (ours / torch; below 1 means ours is faster).
     """
     generator = torch.Generator().manual_seed(seed)
     rows = []
@@ -74,17 +84,15 @@ def loss_timings(
         logits = torch.randn(n, c, generator=generator).requires_grad_()
         target = torch.randint(0, c, (n,), generator=generator)
 
-        def ours(logits=logits, target=target):
-            return torch.autograd.grad(cross_entropy(logits, target), logits)
+        def calls(loss_fn: Callable, logits=logits, target=target) -> Callable[[int], None]:
+            return lambda _: _consume(
+                torch.autograd.grad(loss_fn(logits, target), logits) for _ in range(number)
+            )
 
-        def theirs(logits=logits, target=target):
-            return torch.autograd.grad(F.cross_entropy(logits, target), logits)
-
-        ours_runs, torch_runs = [], []
-        for _ in range(repeats):
-            ours_runs.append(_time_per_call_us(ours, 1, number))
-            torch_runs.append(_time_per_call_us(theirs, 1, number))
-        ours_us, torch_us = statistics.median(ours_runs), statistics.median(torch_runs)
+        seconds = _interleaved_median_seconds(
+            {"ours": calls(cross_entropy), "torch": calls(F.cross_entropy)}, repeats
+        )
+        ours_us, torch_us = (seconds[name] / number * 1e6 for name in ("ours", "torch"))
         rows.append(
             {
                 "shape": (n, c),
@@ -117,38 +125,45 @@ class _NoEvents:
         self.losses.append(values["train_loss"])
 
 
-def training_throughput(overrides: Sequence[str], steps: int, repeats: int) -> float:
-    """Median training images/s of the real loop (`engine.train_epoch`) over `steps` batches."""
-    batch_size = compose_train(overrides).data.batch_size
-    cfg = compose_train(
-        [
-            *overrides,
-            f"data.subset={steps * batch_size}",
-            "data.val_size=0",
-            "trainer.progress=false",
-        ]
-    )
-    t = build(cfg)
-    seconds = []
-    for epoch in range(repeats + 1):  # the first epoch warms up (allocator, oneDNN kernels)
-        start = time.perf_counter()
-        for _ in train_epoch(t, Position(epoch=epoch), _NoEvents(), False, False):
-            pass
-        seconds.append(time.perf_counter() - start)
-    return steps * batch_size / statistics.median(seconds[1:])
+def training_throughputs(
+    variants: dict[str, Sequence[str]], steps: int, repeats: int
+) -> dict[str, float]:
+    """Median training images/s of the real loop (`engine.train_epoch`) for each set of overrides.
+
+    Each repeat is one epoch of `steps` batches; the variants' epochs are interleaved.
+    """
+    images: dict[str, int] = {}
+    runs: dict[str, Callable[[int], object]] = {}
+    for name, overrides in variants.items():
+        batch_size = compose_train(overrides).data.batch_size
+        images[name] = steps * batch_size
+        t = build(
+            compose_train(
+                [
+                    *overrides,
+                    f"data.subset={images[name]}",
+                    "data.val_size=0",
+                    "trainer.progress=false",
+                ]
+            )
+        )
+        runs[name] = lambda epoch, t=t: _consume(
+            train_epoch(t, Position(epoch=epoch), _NoEvents(), False, False)
+        )
+    seconds = _interleaved_median_seconds(runs, repeats)
+    return {name: images[name] / seconds[name] for name in variants}
 
 
-def data_path_seconds(overrides: Sequence[str], repeats: int, subset: int | None = None) -> float:
+def data_path_seconds(
+    variants: dict[str, Sequence[str]], repeats: int, subset: int | None = None
+) -> dict[str, float]:
     """Median seconds to produce one training epoch's batches, with no model at all."""
     extra = [f"data.subset={subset}"] if subset else []
-    t = build(compose_train([*overrides, *extra, "trainer.progress=false"]))
-    seconds = []
-    for epoch in range(repeats + 1):
-        start = time.perf_counter()
-        for _ in t.data.train.epoch(epoch):
-            pass
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:])
+    runs: dict[str, Callable[[int], object]] = {}
+    for name, overrides in variants.items():
+        train = build(compose_train([*overrides, *extra, "trainer.progress=false"])).data.train
+        runs[name] = lambda epoch, train=train: _consume(train.epoch(epoch))
+    return _interleaved_median_seconds(runs, repeats)
 
 
 def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
@@ -269,11 +284,11 @@ def table(results: dict) -> str:
 def main(cfg: DictConfig) -> dict:
     """`scripts/benchmark.py`: measure, print a table, write benchmark.json to the run dir."""
     # Rounded as reported, so the ratios are those of the figures printed beside them.
-    standard = round(training_throughput(STANDARD, cfg.steps, cfg.repeats))
-    ours = round(training_throughput((), cfg.steps, cfg.repeats))
-    ours_torch_loss = round(training_throughput(("loss=torch",), cfg.steps, cfg.repeats))
-    standard_s = data_path_seconds(STANDARD, cfg.repeats, cfg.data_subset)
-    ours_s = data_path_seconds((), cfg.repeats, cfg.data_subset)
+    pipelines = {"standard": STANDARD, "fmnist": (), "torch_loss": ("loss=torch",)}
+    speeds = training_throughputs(pipelines, cfg.steps, cfg.repeats)
+    standard, ours, ours_torch_loss = (round(speeds[name]) for name in pipelines)
+    data_s = data_path_seconds({"standard": STANDARD, "fmnist": ()}, cfg.repeats, cfg.data_subset)
+    standard_s, ours_s = data_s["standard"], data_s["fmnist"]
     results: dict = {
         "machine": machine(),
         "training_images_per_second": {
