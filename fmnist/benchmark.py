@@ -283,9 +283,9 @@ def table(results: dict) -> str:
 @reports_user_errors
 def main(cfg: DictConfig) -> dict:
     """`scripts/benchmark.py`: measure, print a table, write benchmark.json to the run dir."""
-    # Rounded as reported, so the ratios are those of the figures printed beside them.
     pipelines = {"standard": STANDARD, "fmnist": (), "torch_loss": ("loss=torch",)}
     speeds = training_throughputs(pipelines, cfg.steps, cfg.repeats)
+    # Rounded as reported, so the ratios are those of the figures printed beside them.
     standard, ours, ours_torch_loss = (round(speeds[name]) for name in pipelines)
     data_s = data_path_seconds({"standard": STANDARD, "fmnist": ()}, cfg.repeats, cfg.data_subset)
     standard_s, ours_s = data_s["standard"], data_s["fmnist"]
