@@ -26,10 +26,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fmnist.config import validate
-from fmnist.engine import Position, train_epoch
+from fmnist.engine import Position, bf16_is_fast, train_epoch
 from fmnist.errors import reports_user_errors
 from fmnist.losses import cross_entropy
-from fmnist.train import bf16_is_fast, build
+from fmnist.train import build
 
 PROJECT = Path(__file__).resolve().parent.parent
 CONFIGS, SCRIPTS = PROJECT / "configs", PROJECT / "scripts"
@@ -115,16 +115,6 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-class _NoEvents:
-    """Stands in for TensorBoard where only the loop's speed or losses matter."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def scalars(self, step: int, **values: float) -> None:
-        self.losses.append(values["train_loss"])
-
-
 def training_throughputs(
     variants: dict[str, Sequence[str]], steps: int, repeats: int
 ) -> dict[str, float]:
@@ -137,7 +127,7 @@ def training_throughputs(
     for name, overrides in variants.items():
         batch_size = compose_train(overrides).data.batch_size
         images[name] = steps * batch_size
-        t = build(
+        training = build(
             compose_train(
                 [
                     *overrides,
@@ -147,8 +137,8 @@ def training_throughputs(
                 ]
             )
         )
-        runs[name] = lambda epoch, t=t: _consume(
-            train_epoch(t, Position(epoch=epoch), _NoEvents(), False, False)
+        runs[name] = lambda epoch, training=training: _consume(
+            train_epoch(training, Position(epoch=epoch), skip_nonfinite=False)
         )
     seconds = _interleaved_median_seconds(runs, repeats)
     return {name: images[name] / seconds[name] for name in variants}
@@ -180,11 +170,12 @@ def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
                 "trainer.progress=false",
             ]
         )
-        t, events = build(cfg), _NoEvents()
-        for position in train_epoch(t, Position(), events, False, False):
-            if position.step == steps:
+        losses = []
+        for step in train_epoch(build(cfg), Position(), skip_nonfinite=False):
+            losses.append(step.loss)
+            if step.number == steps:
                 break
-        curves[loss] = torch.tensor(events.losses)
+        curves[loss] = torch.tensor(losses)
     difference = (curves["scratch"] - curves["torch"]).abs()
     first_over = (difference > 1e-5).nonzero()
     return {

@@ -2,29 +2,33 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists, saved with `torch.save`
 through a temporary file and a rename (never half-written), and loaded with
-`torch.load(weights_only=True)`, which refuses to run any code a file might carry.
+`torch.load(weights_only=True)`, which refuses to run any code a file might carry. `load_model`
+rebuilds the model a checkpoint holds, for every command that uses a trained model (evaluate,
+snapshot, ...): only fmnist's own model classes are ever built, with their schemas' checks.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
-import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 import fmnist
-from fmnist import data, distributed
-from fmnist.errors import UserError, reports_user_errors
+from fmnist import data
+from fmnist.config import OPTIONS
+from fmnist.engine import Compute
+from fmnist.errors import UserError
 from fmnist.files import write_atomically
-from fmnist.logging import flatten
 
 FORMAT = 1  # bump when the layout below changes incompatibly
 
@@ -83,15 +87,18 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     return checkpoint
 
 
+# --------------------------------------------------------------------------------------------
+# Rebuilding the model a checkpoint holds
+# --------------------------------------------------------------------------------------------
+
+
 def build_model(checkpoint: dict[str, Any], path: Path | str = "the checkpoint") -> nn.Module:
     """The checkpoint's model, rebuilt from its own config and loaded with its weights.
 
     Only fmnist's model classes are built, with their schemas' checks: a weights-only file can
     still name any `_target_` in its config, and instantiating that could run arbitrary code.
     """
-    from fmnist.config import GROUP_SCHEMAS  # (fmnist.config imports this module)
-
-    schemas = {schema._target_: schema for schema in GROUP_SCHEMAS["model"].values()}
+    schemas = {schema._target_: schema for schema in OPTIONS["model"].values()}
     model_cfg = (
         checkpoint.get("config", {}).get("model")
         if isinstance(checkpoint.get("config"), dict)
@@ -142,93 +149,74 @@ def _load_weights(model: nn.Module, weights: object, path: Path | str, target: s
     model.load_state_dict(weights)
 
 
-def discard_if_unused(run_dir: Path) -> None:
-    """Remove a run directory holding nothing but Hydra's config copy and log, so a command that
-    failed before doing its work leaves no half-made output (a resumed run is never removed)."""
-    if (
-        not run_dir.is_dir()
-        or run_dir.resolve() == Path.cwd().resolve()
-        or not distributed.is_main()
-    ):
-        return
-    if all(p.name == ".hydra" or p.name.endswith(".log") for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+@dataclass
+class Loaded:
+    """A checkpoint and what it rebuilds: model, class names, normalisation, compute settings."""
 
+    path: Path
+    checkpoint: dict[str, Any]
+    model: nn.Module  # on the CPU, in eval mode
+    classes: list[str]
+    mean: float
+    std: float
+    precision: str  # "bf16" or "32", as the run trained and evaluated
 
-IGNORED_WHEN_RESUMING = ("trainer.resume", "ckpt_path")
+    def setting(self, key: str, types: type | tuple[type, ...]) -> Any:
+        """A value of the run's saved config, e.g. `data.val_size`, checked to be of `types`."""
+        value = self.checkpoint["config"]
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise UserError(
+                    f"{self.path} has no {key} in its saved config: it is not a checkpoint of an "
+                    "fmnist training run"
+                )
+            value = value[part]
+        allowed = types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise UserError(f"{self.path} has an invalid {key}={value!r} in its saved config")
+        return value
 
-
-def _comparable(config: dict) -> dict:
-    """A config as flat keys, without the keys that only say how to start."""
-    flat = dict(flatten(config))
-    return {
-        k: v
-        for k, v in flat.items()
-        if k not in IGNORED_WHEN_RESUMING and not k.startswith("hydra.")
-    }
-
-
-def config_difference(saved: dict, current: dict) -> str | None:
-    """The first setting that differs between two configs, as a phrase; None when they agree."""
-    old, new = _comparable(saved), _comparable(current)
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
-            return f"{key}={old.get(key)} there, {new.get(key)} now"
-    return None
-
-
-def check_same_config(state: dict[str, Any], config: dict, source: Path) -> None:
-    """Resuming with other settings would silently change the run: refuse, naming the setting."""
-    difference = config_difference(state["config"], config)
-    if difference:
-        raise UserError(
-            f"{source} was trained with another config ({difference}): resume with the same "
-            "overrides, or start a new run"
+    def compute(self, device: torch.device) -> Compute:
+        """The run's precision and memory layout, so its results are reproduced exactly."""
+        return Compute(
+            device, self.precision == "bf16", self.setting("trainer.channels_last", bool)
         )
 
-
-def finished(run_dir: Path) -> bool:
-    """A run is finished once it has written metrics.json."""
-    return (run_dir / "metrics.json").exists()
+    def model_name(self) -> str:
+        return type(self.model).__name__
 
 
-@reports_user_errors
-def run_dir_for(new_dir: str, *, _root_: DictConfig) -> str:
-    """The `fmnist_run_dir` resolver behind `hydra.run.dir`: where this run writes.
+def load_model(path: str | os.PathLike) -> Loaded:
+    """Load a checkpoint (file or run directory) weights-only and rebuild its model.
 
-    A fresh run gets `new_dir`. `trainer.resume=auto` gets the newest unfinished run under the
-    same parent whose saved config matches, and `ckpt_path=...` the run holding that checkpoint,
-    so a resumed run appends to its own directory and TensorBoard series. Resolving here, before
-    Hydra creates anything, means a failed resume leaves no empty run directory behind.
+    Every way a file can fail to be an fmnist checkpoint of a known model becomes one
+    `UserError` line naming the file: missing, unreadable or truncated, refused by the
+    weights-only unpickler, another kind of file, another format version, a model class that is
+    not fmnist's, a model config the schema rejects, or weights that do not fit the model.
     """
-    job_keys = [key for key in _root_ if key != "hydra"]  # hydra.run.dir is what we are resolving
-    current = OmegaConf.to_container(OmegaConf.masked_copy(_root_, job_keys), resolve=True)
-    if _root_.ckpt_path:
-        path = resolve(_root_.ckpt_path, "last.pt")
-        check_same_config(load(path), current, path)
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    elif _root_.trainer.resume == "auto":
-        newest_first = sorted(
-            Path(new_dir).parent.glob("*/checkpoints/last.pt"),
-            key=lambda path: path.stat().st_mtime,
-            reverse=True,
-        )
-        unfinished = [path for path in newest_first if not finished(path.parent.parent)]
-        matching = [
-            path.parent.parent
-            for path in unfinished
-            if config_difference(load(path)["config"], current) is None
-        ]
-        if not matching:
-            where = Path(new_dir).parent
-            raise UserError(
-                f"trainer.resume=auto found nothing to resume: no unfinished run under {where} "
-                f"with this config ({len(unfinished)} unfinished with another); start a new run "
-                "without trainer.resume, or pass ckpt_path=..."
-            )
-        run_dir = matching[0]
-    else:
-        return distributed.agree(new_dir)  # under torchrun, rank 0's timestamp for all
-    if finished(run_dir):
-        raise UserError(f"{run_dir} has finished (metrics.json exists): nothing to resume")
-    return distributed.agree(str(run_dir))
+    path = resolve(path)
+    ckpt = load(path)  # weights only: nothing in the file can run
+    if not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{path} has no saved config: it is not a checkpoint of a training run")
+    model = build_model(ckpt, path)  # fmnist's model classes only
+    model.eval()
+
+    classes = ckpt.get("classes")
+    if (
+        not isinstance(classes, list)
+        or len(classes) != len(data.CLASSES)
+        or not all(isinstance(c, str) for c in classes)
+    ):
+        raise UserError(f"{path} does not hold the {len(data.CLASSES)} class names")
+    norm = ckpt.get("normalization")
+    mean, std = (norm.get("mean"), norm.get("std")) if isinstance(norm, dict) else (None, None)
+    if not all(_is_real(v) for v in (mean, std)) or std <= 0:
+        raise UserError(f"{path} does not hold a valid normalization (mean, std > 0)")
+    precision = ckpt.get("precision")
+    if precision not in ("bf16", "32"):
+        raise UserError(f"{path} has precision={precision!r}: expected 'bf16' or '32'")
+    return Loaded(path, ckpt, model, classes, float(mean), float(std), precision)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

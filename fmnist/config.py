@@ -1,22 +1,42 @@
-"""The configuration schema: structured configs that type- and range-check every field.
+"""The training configuration: every option of every config group, with its defaults and rules.
 
-Hydra merges the YAML files of `configs/` onto these dataclasses, so a wrong type or an unknown
-key fails at composition; `validate` then builds the dataclasses, whose `__post_init__` checks
-ranges and choices, and turns the first violation into one `UserError` line.
+Each group option is a dataclass stored in Hydra's ConfigStore by `@option(group, name)`, so
+`model=linear` selects one and `model.dropout=0.2` overrides one of its fields; this file is the
+only place a default is written (configs/ keeps train.yaml, the experiment presets and the other
+scripts' top configs). A wrong type or an unknown key fails while Hydra composes; `validate` then
+builds the dataclasses, whose `__post_init__` checks ranges and choices and raises the first
+violation as one `UserError` line. Adding a model is one class in fmnist/models.py and one
+`@option("model", ...)` dataclass here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.checkpoint import run_dir_for
-from fmnist.data import SYSTEM_DIRS
+from fmnist.data import CLASSES, SYSTEM_DIRS
 from fmnist.engine import TTA_MODES
 from fmnist.errors import UserError
+
+T = TypeVar("T")
+
+# Every option of every group: {"model": {"small_cnn": SmallCNNConfig, ...}, ...}.
+OPTIONS: dict[str, dict[str, type]] = {}
+
+
+def option(group: str, name: str) -> Callable[[type[T]], type[T]]:
+    """Register a dataclass as option `name` of config group `group` (`group=name` selects it)."""
+
+    def register(node: type[T]) -> type[T]:
+        ConfigStore.instance().store(group=group, name=name, node=node)
+        OPTIONS.setdefault(group, {})[name] = node
+        return node
+
+    return register
 
 
 def require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -29,44 +49,60 @@ def choose(key: str, value: str, options: tuple[str, ...]) -> None:
     require(value in options, key, value, f"choose one of {', '.join(options)}")
 
 
+def at_least(key: str, value: int | None, minimum: int, rule: str | None = None) -> None:
+    """`value` must be None or >= `minimum`."""
+    if value is not None:
+        require(value >= minimum, key, value, rule or f"must be at least {minimum}")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+@option("data", "fashion_mnist")
 @dataclass
 class DataConfig:
+    """Fashion-MNIST: 60000 training images (val_size of them held out for validation), 10000
+    test."""
+
     _target_: str = "fmnist.loaders.FashionMNIST"
-    root: str | None = None  # default: $FMNIST_DATA, else data/ at the project root
-    source_dirs: list[str] = field(default_factory=lambda: list(SYSTEM_DIRS))
-    download: bool = True  # let torchvision download it when no local source has it
-    loader: str = "device"  # device: batches sliced on the device; torch: DataLoader + transforms
+    root: str | None = None  # null: $FMNIST_DATA, else data/ at the project root
+    source_dirs: list[str] = field(default_factory=lambda: list(SYSTEM_DIRS))  # with the .gz files
+    download: bool = True  # torchvision's download when no local source has the data
+    loader: str = "device"  # device (fast, on-device batches) | torch (DataLoader + transforms)
     batch_size: int = 256
-    eval_batch_size: int = 512
-    val_size: int = 5000  # carved from the official train split; 0 for none
-    subset: int | None = None  # train on the first N shuffled training samples
-    crop_padding: int = 2  # random-crop augmentation: pad by this many pixels; 0 turns it off
-    flip: bool = True  # random horizontal flips
+    eval_batch_size: int = 512  # evaluates fastest on CPUs (1024 spills the caches)
+    val_size: int = 5000  # carved from train with the run's seed; 0 for none
+    subset: int | None = None  # N: train on the first N shuffled training samples only
+    crop_padding: int = 2  # random crop after padding by this many pixels; 0: off
+    flip: bool = True  # random horizontal flip
     num_workers: int = 2  # loader=torch only
 
     def __post_init__(self) -> None:
         choose("data.loader", self.loader, ("device", "torch"))
-        require(self.batch_size > 0, "data.batch_size", self.batch_size, "must be at least 1")
-        require(
-            self.eval_batch_size > 0,
-            "data.eval_batch_size",
-            self.eval_batch_size,
-            "must be at least 1",
-        )
-        require(self.val_size >= 0, "data.val_size", self.val_size, "must be 0 or more")
-        require(
-            self.subset is None or self.subset > 0, "data.subset", self.subset, "must be at least 1"
-        )
+        at_least("data.batch_size", self.batch_size, 1)
+        at_least("data.eval_batch_size", self.eval_batch_size, 1)
+        at_least("data.val_size", self.val_size, 0, "must be 0 or more")
+        at_least("data.subset", self.subset, 1)
         require(
             0 <= self.crop_padding <= 14, "data.crop_padding", self.crop_padding, "must be in 0..14"
         )
-        require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be 0 or more")
+        at_least("data.num_workers", self.num_workers, 0, "must be 0 or more")
 
 
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+
+
+@option("model", "small_cnn")
 @dataclass
 class SmallCNNConfig:
+    """Conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool), global max-pool, dropout, linear."""
+
     _target_: str = "fmnist.models.SmallCNN"
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # 1 to 4 blocks
     convs_per_block: int = 2
     dropout: float = 0.1
 
@@ -83,23 +119,29 @@ class SmallCNNConfig:
         require(0 <= self.dropout < 1, "model.dropout", self.dropout, "must be in [0, 1)")
 
 
+@option("model", "linear")
 @dataclass
 class LinearConfig:
+    """Softmax regression on the 784 raw pixels: the classic from-scratch lesson."""
+
     _target_: str = "fmnist.models.Linear"
+
+
+# --------------------------------------------------------------------------------------------
+# loss: ours or PyTorch's, with the same options
+# --------------------------------------------------------------------------------------------
+
+LOSS_TARGETS = ("fmnist.losses.CrossEntropyLoss", "torch.nn.CrossEntropyLoss")
 
 
 @dataclass
 class LossConfig:
-    _target_: str = "fmnist.losses.CrossEntropyLoss"
+    _target_: str
     label_smoothing: float = 0.0
-    weight: list[float] | None = None  # one weight per class
+    weight: list[float] | None = None  # or one weight per class
 
     def __post_init__(self) -> None:
-        choose(
-            "loss._target_",
-            self._target_,
-            ("fmnist.losses.CrossEntropyLoss", "torch.nn.CrossEntropyLoss"),
-        )
+        choose("loss._target_", self._target_, LOSS_TARGETS)
         require(
             0 <= self.label_smoothing <= 1,
             "loss.label_smoothing",
@@ -107,11 +149,32 @@ class LossConfig:
             "must be in [0, 1]",
         )
         require(
-            self.weight is None or (len(self.weight) == 10 and min(self.weight) >= 0),
+            self.weight is None or (len(self.weight) == len(CLASSES) and min(self.weight) >= 0),
             "loss.weight",
             self.weight,
-            "give 10 non-negative class weights",
+            f"give {len(CLASSES)} non-negative class weights",
         )
+
+
+@option("loss", "scratch")
+@dataclass
+class ScratchLossConfig(LossConfig):
+    """Our from-scratch softmax + cross-entropy (fmnist/losses.py)."""
+
+    _target_: str = LOSS_TARGETS[0]
+
+
+@option("loss", "torch")
+@dataclass
+class TorchLossConfig(LossConfig):
+    """PyTorch's nn.CrossEntropyLoss, with the same options as loss=scratch."""
+
+    _target_: str = LOSS_TARGETS[1]
+
+
+# --------------------------------------------------------------------------------------------
+# optimizer and scheduler: partial, given the parameters and step count once the model exists
+# --------------------------------------------------------------------------------------------
 
 
 def _check_optimizer(lr: float, weight_decay: float) -> None:
@@ -119,6 +182,7 @@ def _check_optimizer(lr: float, weight_decay: float) -> None:
     require(weight_decay >= 0, "optimizer.weight_decay", weight_decay, "must be >= 0")
 
 
+@option("optimizer", "sgd")
 @dataclass
 class SGDConfig:
     _target_: str = "torch.optim.SGD"
@@ -133,6 +197,7 @@ class SGDConfig:
         require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
 
 
+@option("optimizer", "adamw")
 @dataclass
 class AdamWConfig:
     _target_: str = "torch.optim.AdamW"
@@ -151,48 +216,61 @@ class AdamWConfig:
         )
 
 
+@option("scheduler", "one_cycle")
 @dataclass
 class OneCycleConfig:
+    """Learning rate per step: linear warm-up from 0 to optimizer.lr, then linear decay to 0."""
+
     _target_: str = "fmnist.schedules.one_cycle"
     _partial_: bool = True
-    warmup: float = 0.2  # fraction of the steps spent ramping the learning rate up from 0
+    warmup: float = 0.2  # fraction of all steps spent warming up
 
     def __post_init__(self) -> None:
         require(0 <= self.warmup < 1, "scheduler.warmup", self.warmup, "must be in [0, 1)")
 
 
+@option("scheduler", "constant")
 @dataclass
 class ConstantConfig:
+    """optimizer.lr at every step."""
+
     _target_: str = "fmnist.schedules.constant"
     _partial_: bool = True
 
 
+# --------------------------------------------------------------------------------------------
+# trainer, and the whole training config
+# --------------------------------------------------------------------------------------------
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@option("trainer", "default")
 @dataclass
 class TrainerConfig:
     max_epochs: int = 15
-    device: str = "auto"  # auto: cuda when present, else cpu
-    precision: str = "auto"  # auto: bf16 autocast where the hardware runs it fast, else 32
+    device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast where the hardware is fast at it) | 32 | bf16
     channels_last: bool = True  # NHWC convolutions: faster on CPUs with AVX-512 and on GPUs
-    compile: bool = False  # torch.compile the model (measured slower on 2-core CPUs)
-    tta: str = "flip"  # test-time augmentation: none | flip (2 views) | flip_shift (18 views)
-    deterministic: bool = False  # bit-reproducible CPU runs
-    progress: bool = True  # tqdm bars (never when output is not a terminal)
-    checkpoint_every_steps: int = (
-        100  # also write checkpoints/last.pt mid-epoch; 0: epoch ends only
-    )
+    compile: bool = False  # torch.compile; slower than eager on 2-core CPUs
+    tta: str = "flip"  # test-time augmentation, averaging logits: none | flip | flip_shift
+    deterministic: bool = False  # true: bit-reproducible CPU runs
+    progress: bool = True  # tqdm bars (off anyway when output is not a terminal)
+    checkpoint_every_steps: int = 100  # also save checkpoints/last.pt every N steps; 0: epoch ends
     resume: str | None = None  # auto: continue the newest unfinished run with this config
-    sync_batchnorm: bool = False  # under torchrun with GPUs: BatchNorm statistics over all ranks
-    skip_nonfinite: bool = False  # skip steps whose loss is NaN/inf instead of stopping
+    sync_batchnorm: bool = False  # torchrun on GPUs: BatchNorm statistics over all ranks
+    skip_nonfinite: bool = False  # true: skip steps whose loss is NaN/inf (counted), not stop
 
     def __post_init__(self) -> None:
-        require(self.max_epochs >= 1, "trainer.max_epochs", self.max_epochs, "must be at least 1")
-        choose("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        at_least("trainer.max_epochs", self.max_epochs, 1)
+        choose("trainer.device", self.device, DEVICES)
         choose("trainer.precision", str(self.precision), ("auto", "32", "bf16"))
         choose("trainer.tta", self.tta, TTA_MODES)
-        require(
-            self.checkpoint_every_steps >= 0,
+        at_least(
             "trainer.checkpoint_every_steps",
             self.checkpoint_every_steps,
+            0,
             "must be 0 (epoch ends only) or more",
         )
         require(
@@ -207,35 +285,29 @@ class TrainerConfig:
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = None
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: Any = None
     optimizer: Any = None
     scheduler: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
-    ckpt_path: str | None = None  # resume from this checkpoint (or run directory)
+    ckpt_path: str | None = None  # resume from this checkpoint (a .pt file or a run directory)
 
 
-GROUP_SCHEMAS = {
-    "model": {"small_cnn": SmallCNNConfig, "linear": LinearConfig},
-    "loss": {"loss": LossConfig},
-    "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},
-    "scheduler": {"one_cycle": OneCycleConfig, "constant": ConstantConfig},
-}
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def register() -> None:
-    """Put the schemas in Hydra's ConfigStore, where the YAML files of configs/ extend them."""
-    OmegaConf.register_new_resolver("fmnist_run_dir", run_dir_for, replace=True)
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
-    for group, schemas in GROUP_SCHEMAS.items():
-        for name, node in schemas.items():
-            store.store(group=f"schema/{group}", name=name, node=node)
-
-
-def validate(cfg: DictConfig) -> TrainConfig:
+def validate(cfg: DictConfig) -> Any:
     """Check every range and choice; the first problem is raised as a one-line `UserError`."""
     return OmegaConf.to_object(cfg)
 
 
-register()
+def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """('optimizer.lr', 0.05), ... for a nested config; lists become strings."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flatten(value, f"{prefix}{key}.")
+        else:
+            yield (
+                f"{prefix}{key}",
+                value if isinstance(value, (int, float, str, bool)) else str(value),
+            )

@@ -4,6 +4,7 @@
 WORLD_SIZE set. Each process (rank) trains on its share of every global batch; DDP averages the
 gradients, so together the ranks take the step one process would take on the whole batch.
 Rank 0 alone writes files and shows progress. Without torchrun, everything here is a no-op.
+(Which device a rank uses is fmnist.engine's choice: `engine.device`.)
 """
 
 from __future__ import annotations
@@ -36,15 +37,6 @@ def init() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def device(name: str, key: str = "trainer.device") -> torch.device:
-    """`auto`: CUDA when a GPU is visible, else the CPU; under torchrun, this rank's own GPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{key}=cuda but no CUDA GPU is visible: use {key}=auto or cpu")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def agree(value: str) -> str:

@@ -1,10 +1,17 @@
-"""The training loop and evaluation, in plain PyTorch: batch, forward, loss, backward, step, log."""
+"""The training loop and evaluation, in plain PyTorch: batch, forward, loss, backward, step.
+
+`train_epoch` yields what each optimizer step did (`Step`) and `evaluate` returns what a pass over
+a split found (`Metrics`); neither knows how results are shown or saved (fmnist.report does that).
+`Compute` says where and how the model runs: device, bf16 autocast, memory layout.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +20,32 @@ from torch import Tensor, nn
 
 from fmnist import data, distributed
 from fmnist.errors import UserError
-from fmnist.logging import TensorBoard, progress
 from fmnist.losses import cross_entropy
 from fmnist.models import NUM_CLASSES
+
+# --------------------------------------------------------------------------------------------
+# Where and how the model runs
+# --------------------------------------------------------------------------------------------
+
+
+def device(name: str, key: str = "trainer.device") -> torch.device:
+    """`auto`: CUDA when a GPU is visible, else the CPU; under torchrun, this rank's own GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{key}=cuda but no CUDA GPU is visible: use {key}=auto or cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 pays off on GPUs that support it and on CPUs with AVX-512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclass
@@ -26,6 +56,13 @@ class Compute:
     bf16: bool  # autocast the model to bfloat16 (the loss always runs in float32)
     channels_last: bool
 
+    @classmethod
+    def choose(cls, device_name: str, precision: str, channels_last: bool) -> Compute:
+        """From the trainer's settings: `precision=auto` is bf16 where `bf16_is_fast`."""
+        chosen = device(device_name)
+        bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(chosen))
+        return cls(chosen, bf16, channels_last)
+
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
@@ -34,22 +71,15 @@ class Compute:
             images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
         )
 
-
-@dataclass
-class Metrics:
-    loss: float  # mean cross-entropy (no label smoothing)
-    accuracy: float
-    confusion: Tensor  # (10, 10) counts, rows: true class, columns: predicted
-
-    def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.accuracy}
+    def place(self, model: nn.Module) -> nn.Module:
+        """`model` on the device, in the memory layout the images will have."""
+        layout = torch.channels_last if self.channels_last else None
+        return model.to(self.device, memory_format=layout)
 
 
-def confusion_matrix(labels: Tensor, predictions: Tensor) -> Tensor:
-    return torch.bincount(labels * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2).view(
-        NUM_CLASSES, NUM_CLASSES
-    )
-
+# --------------------------------------------------------------------------------------------
+# Prediction and evaluation
+# --------------------------------------------------------------------------------------------
 
 TTA_MODES = ("none", "flip", "flip_shift")
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))  # (0, 0) included
@@ -82,19 +112,53 @@ def predict(model: nn.Module, images: Tensor, compute: Compute, tta: str = "none
         return sum(model(compute.images(view)).float() for view in views) / len(views)
 
 
+def confusion_matrix(labels: Tensor, predictions: Tensor) -> Tensor:
+    return torch.bincount(labels * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2).view(
+        NUM_CLASSES, NUM_CLASSES
+    )
+
+
+@dataclass
+class Metrics:
+    """What one pass over a split found."""
+
+    loss: float  # mean cross-entropy (no label smoothing), over all ranks
+    accuracy: float  # over all ranks
+    confusion: Tensor  # (10, 10) counts over all ranks; rows: true class, columns: predicted
+    logits: Tensor  # float32 (N, 10) on the CPU, of this rank's images, in loader order
+    labels: Tensor  # int64 (N,), the same images'
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.accuracy}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, compute: Compute, tta: str = "none") -> Metrics:
-    """Loss, accuracy and confusion matrix of `model` over one pass of `loader`."""
+def evaluate(model: nn.Module, loader: Any, compute: Compute, tta: str = "none") -> Metrics:
+    """Loss, accuracy, confusion matrix and logits of `model` over one pass of `loader`."""
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=compute.device)
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=compute.device)
+    all_logits, all_labels = [], []
     for images, labels in loader.epoch():
         logits = predict(model, images, compute, tta)
         total_loss += cross_entropy(logits, labels, reduction="sum")
         confusion += confusion_matrix(labels, logits.argmax(1))
+        all_logits.append(logits.cpu())
+        all_labels.append(labels.cpu())
     distributed.sum_(total_loss), distributed.sum_(confusion)  # over the whole split
     count = confusion.sum().item()
-    return Metrics(total_loss.item() / count, confusion.trace().item() / count, confusion.cpu())
+    return Metrics(
+        total_loss.item() / count,
+        confusion.trace().item() / count,
+        confusion.cpu(),
+        torch.cat(all_logits),
+        torch.cat(all_labels),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -104,7 +168,7 @@ class Training:
     compute: Compute
     data: Any  # fmnist.loaders.FashionMNIST: .train, .val and .test loaders
     model: nn.Module  # what checkpoints save
-    trained: nn.Module  # `model`, or its torch.compile wrapper
+    trained: nn.Module  # `model`, or its DDP / torch.compile wrapper
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -120,35 +184,32 @@ class Position:
     skipped: int = 0  # steps skipped for a non-finite loss (trainer.skip_nonfinite)
 
 
+@dataclass
+class Step:
+    """What one optimizer step did."""
+
+    number: int  # the step count after it (the TensorBoard global step)
+    loss: float  # mean training loss of the global batch
+    accuracy: float  # its accuracy
+    lr: float  # the learning rate it used
+
+
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: training diverged."""
 
 
-def train_epoch(
-    t: Training,
-    position: Position,
-    tensorboard: TensorBoard,
-    show_progress: bool,
-    skip_nonfinite: bool,
-) -> Iterator[Position]:
-    """Train the rest of `position.epoch`, logging loss, accuracy and learning rate every step.
+def train_epoch(training: Training, position: Position, skip_nonfinite: bool) -> Iterator[Step]:
+    """Train the rest of epoch `position.epoch`, one optimizer step per batch.
 
-    Yields `position` after every optimizer step, so the caller can checkpoint or stop there.
+    `position` moves on with every batch and each step is yielded as it is taken, so the caller
+    can report, checkpoint or stop after any of them.
     """
-    t.trained.train()
-    loader = t.data.train
-    batches = progress(
-        loader.epoch(position.epoch, position.batch),
-        show_progress,
-        initial=position.batch,
-        total=len(loader),
-        leave=False,
-        desc=f"epoch {position.epoch + 1}",
-    )
-    for images, labels in batches:
-        with t.compute.autocast():
-            logits = t.trained(t.compute.images(images))
-        loss = t.loss_fn(logits.float(), labels)
+    model, loss_fn, compute = training.trained, training.loss_fn, training.compute
+    model.train()
+    for images, labels in training.data.train.epoch(position.epoch, position.batch):
+        with compute.autocast():
+            logits = model(compute.images(images))
+        loss = loss_fn(logits.float(), labels)
         correct = (logits.argmax(1) == labels).sum()
         loss_value, accuracy = distributed.batch_means(loss.detach(), correct, len(labels))
         position.batch += 1
@@ -162,14 +223,11 @@ def train_epoch(
             position.skipped += 1
             continue
 
-        t.optimizer.zero_grad(set_to_none=True)
+        training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        lr = t.optimizer.param_groups[0]["lr"]
-        t.optimizer.step()
-        t.scheduler.step()
+        lr = training.optimizer.param_groups[0]["lr"]
+        training.optimizer.step()
+        training.scheduler.step()
         position.step += 1
-
-        tensorboard.scalars(position.step, train_loss=loss_value, train_acc=accuracy, train_lr=lr)
-        batches.set_postfix(loss=f"{loss_value:.4f}", acc=f"{accuracy:.3f}", refresh=False)
-        yield position
+        yield Step(position.step, loss_value, accuracy, lr)
     position.epoch, position.batch = position.epoch + 1, 0

@@ -66,8 +66,10 @@ class DeviceLoader:
         shuffle: bool = False,
         crop_padding: int = 0,
         flip: bool = False,
+        mean: float = data.MEAN,
+        std: float = data.STD,
     ) -> None:
-        normalised = data.normalise(images.to(device))
+        normalised = data.normalise(images.to(device), mean, std)
         # Pad once with black pixels; a crop is then just a window.
         pad = crop_padding
         self.images = F.pad(normalised, (pad, pad, pad, pad), value=data.BACKGROUND)
@@ -169,24 +171,26 @@ def torchvision_dataset(root: str, train: bool, crop_padding: int = 0, flip: boo
 class FashionMNIST:
     """The splits as loaders: `train` (augmented, shuffled), `val` (carved from train), `test`.
 
-    `val` is None when `val_size` is 0. Instantiated from the `data` config group.
+    `val` is None when `val_size` is 0. Instantiated from the `data` config group, whose
+    dataclass (fmnist.config.DataConfig) holds the defaults and the meaning of each argument.
     """
 
     def __init__(
         self,
+        *,
         device: torch.device,
-        seed: int = 0,
-        root: str | None = None,
-        source_dirs: Sequence[str] = data.SYSTEM_DIRS,
-        download: bool = True,
-        loader: str = "device",
-        batch_size: int = 256,
-        eval_batch_size: int = 512,
-        val_size: int = 5000,
-        subset: int | None = None,
-        crop_padding: int = 2,
-        flip: bool = True,
-        num_workers: int = 2,
+        seed: int,
+        root: str | None,
+        source_dirs: Sequence[str],
+        download: bool,
+        loader: str,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: int,
+        subset: int | None,
+        crop_padding: int,
+        flip: bool,
+        num_workers: int,
     ) -> None:
         distributed.per_rank_batch(batch_size, "data.batch_size")
         distributed.per_rank_batch(eval_batch_size, "data.eval_batch_size")

@@ -34,15 +34,17 @@ def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential
 class SmallCNN(nn.Module):
     """Conv blocks of growing width (28 -> 14 -> 7 -> 3 pixels), global max-pool, dropout, linear.
 
-    The default (widths 32, 64, 128, two convs per block) has 288k parameters; with one conv per
-    block it has 94k, the size of the benchmark table's "2 Conv <100K parameters" entry.
+    The default (fmnist.config.SmallCNNConfig: widths 32, 64, 128, two convs per block) has 288k
+    parameters; with one conv per block it has 94k, the size of the benchmark table's "2 Conv
+    <100K parameters" entry.
     """
 
     def __init__(
         self,
-        widths: Sequence[int] = (32, 64, 128),
-        convs_per_block: int = 2,
-        dropout: float = 0.1,
+        *,
+        widths: Sequence[int],
+        convs_per_block: int,
+        dropout: float,
         num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()

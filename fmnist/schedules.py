@@ -18,7 +18,7 @@ class OneCycle:
         return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
 
 
-def one_cycle(optimizer: Optimizer, total_steps: int, warmup: float = 0.2) -> LambdaLR:
+def one_cycle(optimizer: Optimizer, total_steps: int, warmup: float) -> LambdaLR:
     """Linear warm-up then linear decay to zero: the triangle of fast CIFAR/MNIST training runs."""
     return LambdaLR(optimizer, OneCycle(total_steps, warmup))
 

@@ -19,104 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-import fmnist.config  # noqa: F401  (registers the model schemas that configs/model/ extends)
-from fmnist import checkpoint, data, distributed
-from fmnist.config import choose, require
+from fmnist import checkpoint, data, engine, runs
 from fmnist.engine import Compute, predict
 from fmnist.errors import UserError, reports_user_errors
-from fmnist.evaluate import (
-    DEVICES,
-    load_checkpoint,
-    save_figure,
-    write_atomically,
-)
 from fmnist.explain import expansion
+from fmnist.files import write_atomically
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
+from fmnist.report import figures
+from fmnist.script_configs import SnapshotConfig, validate_snapshot
 
 DEFAULT_TARGET = 4  # Coat: the seed's example
 NUM_CLASSES = len(data.CLASSES)
 DECIMALS = 4  # q is shown to 4 decimals, as on paper
 AGREE_TOLERANCE = 1e-6
 LN10 = math.log(NUM_CLASSES)
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-
-
-def _check_class(key: str, value: int | None) -> None:
-    require(
-        value is None or 0 <= value < NUM_CLASSES,
-        key,
-        value,
-        f"a class is 0..{NUM_CLASSES - 1} "
-        f"({', '.join(f'{k} {n}' for k, n in enumerate(data.CLASSES))})",
-    )
-
-
-@dataclass
-class SnapshotDataConfig:
-    root: str | None = None  # default: $FMNIST_DATA, else data/ at the project root
-
-
-@dataclass
-class SnapshotConfig:
-    model: Any = None  # the `model` group (untrained, seeded); ignored with ckpt_path or probs
-    seed: int = 0  # seeds the untrained model's initial weights
-    target_class: int | None = None  # the image: the split's first of this class (default 4)
-    target: int | None = None  # the same as target_class (the name explain.py uses with probs)
-    index: int | None = None  # the image: this index in the split (its label is the target)
-    split: str = "test"  # test | train: the official split the image comes from
-    ckpt_path: str | None = None  # a (partially) trained checkpoint instead of an untrained model
-    probs: list[float] | None = None  # 10 probabilities instead of a model and an image
-    device: str = "auto"
-    data: SnapshotDataConfig = field(default_factory=SnapshotDataConfig)
-
-    def __post_init__(self) -> None:
-        require(self.seed >= 0, "seed", self.seed, "must be 0 or more")
-        _check_class("target_class", self.target_class)
-        _check_class("target", self.target)
-        if None not in (self.target, self.target_class) and self.target != self.target_class:
-            raise UserError(
-                f"target={self.target} and target_class={self.target_class} disagree: "
-                "they are the same setting, give one"
-            )
-        require(self.index is None or self.index >= 0, "index", self.index, "must be 0 or more")
-        choose("split", self.split, data.SPLITS)
-        choose("device", self.device, DEVICES)
-        if self.probs is not None:
-            require(
-                len(self.probs) == NUM_CLASSES,
-                "probs",
-                self.probs,
-                f"give {NUM_CLASSES} probabilities, one per Fashion-MNIST class",
-            )
-            for key in ("index", "ckpt_path"):
-                if getattr(self, key) is not None:
-                    raise UserError(
-                        f"probs=[...] stands in for a model's output on an image: leave out {key}"
-                    )
-
-    @property
-    def true_class(self) -> int | None:
-        return self.target if self.target is not None else self.target_class
-
-
-def register() -> None:
-    """Put the schema in Hydra's ConfigStore, where configs/snapshot.yaml extends it."""
-    ConfigStore.instance().store(name="snapshot_schema", node=SnapshotConfig)
-
-
-def validate(cfg: DictConfig) -> SnapshotConfig:
-    """Check every range and choice (the model's too); the first problem is one `UserError`."""
-    return OmegaConf.to_object(cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,9 +139,9 @@ def pick_image(labels: Tensor, split: str, index: int | None, target: int | None
 @torch.no_grad()
 def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
     """Feed one image of the split to the model (untrained and seeded, or a checkpoint's)."""
-    device = distributed.device(cfg.device, "device")
+    device = engine.device(cfg.device, "device")
     if cfg.ckpt_path:
-        loaded = load_checkpoint(cfg.ckpt_path)
+        loaded = checkpoint.load_model(cfg.ckpt_path)
         model, classes, mean, std = loaded.model, loaded.classes, loaded.mean, loaded.std
         compute = loaded.compute(device)
         step = loaded.checkpoint.get("step")
@@ -239,7 +159,7 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
         compute = Compute(device, bf16=False, channels_last=False)
         source = f"an untrained {type(model).__name__} (seed {cfg.seed})"
         details = {"model": type(model).__name__, "seed": cfg.seed, "precision": "32"}
-    model = model.to(device, memory_format=torch.channels_last if compute.channels_last else None)
+    model = compute.place(model)
     model.eval()  # BatchNorm's running statistics, no dropout
 
     images, labels = data.load_split(cfg.split, cfg.data.root)
@@ -264,7 +184,7 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
 
 
 # --------------------------------------------------------------------------------------------
-# Report and files
+# The lesson as text, and the files
 # --------------------------------------------------------------------------------------------
 
 
@@ -320,45 +240,25 @@ def report(s: Snapshot) -> str:
     return "\n".join(lines)
 
 
-def snapshot_figure(s: Snapshot):
-    """The image, and the 10 probabilities as bars with the true class highlighted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(
-        1, 2, figsize=(9, 3.6), dpi=100, gridspec_kw={"width_ratios": [1, 2]}
-    )
-    left.imshow(s.image.numpy(), cmap="gray", vmin=0, vmax=255)
-    left.set_title(f"{s.split} #{s.index}: {s.classes[s.target]}", fontsize=10)
-    left.axis("off")
-    colors = ["tab:orange" if pc else "tab:blue" for pc in s.p]
-    bars = right.bar(range(len(s.q)), s.q, color=colors)
-    right.bar_label(bars, labels=[f"{v:.{DECIMALS}f}" for v in s.q], fontsize=7)
-    right.axhline(1 / len(s.q), color="gray", linestyle=":", linewidth=1, label="1/10 (untrained)")
-    right.bar(0, 0, color="tab:orange", label="true class")
-    right.legend(loc="upper right", fontsize=8)
-    right.set_xticks(range(len(s.q)), s.classes, rotation=45, ha="right", fontsize=8)
-    right.set_ylim(0, max(max(s.q) * 1.2, 0.15))
-    right.set_ylabel("q")
-    right.set_title(
-        f"loss = -log(q[{s.target}]) = {s.loss_ours:.{DECIMALS}f}  (ln 10 = {LN10:.{DECIMALS}f})",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
-
-
 def write_outputs(s: Snapshot, run_dir: Path) -> list[str]:
     """snapshot.png (when there is an image), then snapshot.json last."""
     run_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if s.image is not None:
-        save_figure(snapshot_figure(s), run_dir / "snapshot.png")
+        f = f".{DECIMALS}f"
+        figure = figures.image_and_probabilities(
+            s.image,
+            f"{s.split} #{s.index}: {s.classes[s.target]}",
+            s.q,
+            s.classes,
+            s.target,
+            f"loss = -log(q[{s.target}]) = {s.loss_ours:{f}}  (ln 10 = {LN10:{f}})",
+            DECIMALS,
+        )
+        figures.save_figure(figure, run_dir / "snapshot.png")
         written.append("snapshot.png")
     text = json.dumps(s.as_dict(), indent=2) + "\n"
-    write_atomically(run_dir / "snapshot.json", lambda tmp: Path(tmp).write_text(text))
+    write_atomically(run_dir / "snapshot.json", lambda tmp: tmp.write_text(text))
     return ["snapshot.json", *written]
 
 
@@ -375,16 +275,9 @@ def take(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
 @reports_user_errors
 def main(cfg: DictConfig) -> Snapshot:
     """`scripts/snapshot.py`: take the snapshot, print it, write it to Hydra's run directory."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        snapshot = take(validate(cfg), cfg.model)
+    with runs.removed_if_unused(runs.output_dir()) as run_dir:
+        snapshot = take(validate_snapshot(cfg), cfg.model)
         print(report(snapshot))
         written = write_outputs(snapshot, run_dir)
-    except BaseException:
-        checkpoint.discard_if_unused(run_dir)
-        raise
     print(f"\nWrote {', '.join(written)} to {run_dir}")
     return snapshot
-
-
-register()

@@ -20,6 +20,7 @@ from fmnist import checkpoint, data, evaluate
 from fmnist.engine import evaluate as engine_evaluate
 from fmnist.errors import UserError
 from fmnist.loaders import DeviceLoader
+from fmnist.script_configs import EvaluateConfig, validate_evaluate
 
 TINY = [
     "data.subset=1000",
@@ -108,23 +109,23 @@ def test_val_split_reproduces_the_recorded_val_accuracy(run, tmp_path):
     assert results["loss"] == pytest.approx(metrics["val_loss"], rel=1e-9, abs=0)
 
 
-def test_one_pass_equals_the_training_loops_evaluation(run):
-    """predict_split's numbers are engine.evaluate's on the training loader, bit for bit."""
-    loaded = evaluate.load_checkpoint(run)
+def test_evaluation_equals_the_training_loops_test_pass(run):
+    """evaluate_checkpoint's numbers are engine.evaluate's on the training run's own test loader
+    (normalised with the dataset's statistics rather than the checkpoint's), bit for bit."""
+    loaded = checkpoint.load_model(run)
     compute = loaded.compute(torch.device("cpu"))
     images, labels = data.load_split("test")
-    images, labels = images[:700], labels[:700]
-    model = loaded.model.to(memory_format=torch.channels_last if compute.channels_last else None)
     reference = engine_evaluate(
-        model, DeviceLoader(images, labels, 256, compute.device), compute, tta="flip"
+        compute.place(loaded.model),
+        DeviceLoader(images, labels, loaded.setting("data.eval_batch_size", int), compute.device),
+        compute,
+        tta=loaded.setting("trainer.tta", str),
     )
-    normalised = data.normalise(images, loaded.mean, loaded.std).unsqueeze(1)
-    ours = evaluate.predict_split(
-        model, evaluate.Batches(normalised, labels, 256), compute, tta="flip"
-    )
-    assert ours.loss == reference.loss
-    assert ours.accuracy == reference.accuracy
-    assert torch.equal(ours.confusion, reference.confusion)
+    cfg = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), {"ckpt_path": str(run)})
+    ours, _ = evaluate.evaluate_checkpoint(validate_evaluate(cfg))
+    assert ours["loss"] == reference.loss
+    assert ours["accuracy"] == reference.accuracy
+    assert torch.equal(torch.tensor(ours["confusion"]), reference.confusion)
 
 
 def test_per_class_and_most_confused():
@@ -213,11 +214,11 @@ THROUGH_THE_SCRIPT = [0, 3, 7, 9, 10, 11, 12]
 def test_bad_checkpoints_are_refused(bad, case):
     arguments, message = BAD[case]
     cfg = OmegaConf.merge(
-        OmegaConf.structured(evaluate.EvaluateConfig),
+        OmegaConf.structured(EvaluateConfig),
         OmegaConf.from_dotlist([a.format(**bad) for a in arguments]),
     )
     with pytest.raises(UserError) as refused:
-        evaluate.evaluate_checkpoint(evaluate.validate(cfg))
+        evaluate.evaluate_checkpoint(validate_evaluate(cfg))
     assert message.format(**bad) in str(refused.value)
     assert "\n" not in str(refused.value)
     assert not Path(bad["marker"]).exists()  # nothing in any file ever ran
@@ -261,7 +262,7 @@ def test_the_script_refuses_in_one_line(bad, refusals, case):
     ],
 )
 def test_config_ranges(settings, message):
-    cfg = OmegaConf.merge(OmegaConf.structured(evaluate.EvaluateConfig), settings)
+    cfg = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), settings)
     cfg.ckpt_path = "x.pt"
     with pytest.raises(UserError, match=re.escape(message)):
-        evaluate.validate(cfg)
+        validate_evaluate(cfg)

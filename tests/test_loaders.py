@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from fmnist import data
 from fmnist.benchmark import compose_train
-from fmnist.loaders import DeviceLoader, FashionMNIST, split_train_val
+from fmnist.config import DataConfig
+from fmnist.loaders import DeviceLoader, split_train_val
 from fmnist.train import train
 
 CPU = torch.device("cpu")
+
+
+def splits(**settings):
+    """The `data` group's FashionMNIST with these settings over its defaults, on the CPU."""
+    return instantiate(OmegaConf.structured(DataConfig(**settings)), device=CPU, seed=0)
 
 
 def numbered_images(n: int) -> torch.Tensor:
@@ -93,8 +101,8 @@ def test_validation_is_carved_from_train_and_seeded():
 
 
 def test_both_loader_paths_give_the_same_evaluation_batches(data_root):
-    device_path = FashionMNIST(CPU, seed=0, loader="device", subset=512, val_size=256)
-    torch_path = FashionMNIST(CPU, seed=0, loader="torch", subset=512, val_size=256, num_workers=0)
+    device_path = splits(loader="device", subset=512, val_size=256)
+    torch_path = splits(loader="torch", subset=512, val_size=256, num_workers=0)
     for a, b in ((device_path.val, torch_path.val), (device_path.test, torch_path.test)):
         for (x1, y1), (x2, y2) in zip(a.epoch(), b.epoch(), strict=True):
             assert torch.equal(y1, y2)
@@ -136,9 +144,7 @@ def test_both_loader_paths_train_to_the_same_accuracy(data_root, tmp_path):
 
 @pytest.mark.parametrize("loader", ["device", "torch"])
 def test_train_batches_have_the_right_shape(data_root, loader):
-    split = FashionMNIST(
-        CPU, seed=0, loader=loader, subset=300, val_size=0, batch_size=128, num_workers=0
-    )
+    split = splits(loader=loader, subset=300, val_size=0, batch_size=128, num_workers=0)
     assert split.val is None
     shapes = [tuple(x.shape) for x, _ in split.train.epoch(0)]
     assert shapes == [(128, 1, 28, 28), (128, 1, 28, 28), (44, 1, 28, 28)]

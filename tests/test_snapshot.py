@@ -21,6 +21,7 @@ from fmnist import checkpoint, data, snapshot
 from fmnist.engine import Compute, predict
 from fmnist.errors import UserError
 from fmnist.losses import cross_entropy, softmax
+from fmnist.script_configs import SnapshotConfig, validate_snapshot
 
 SNAPSHOT = "scripts/snapshot.py"
 SEED_PROBS = [0.1058, 0.1043, 0.0988, 0.1066, 0.0875, 0.0881, 0.1027, 0.1046, 0.1057, 0.0958]
@@ -204,14 +205,14 @@ def test_bad_input_is_one_line(refusals, case):
     ],
 )
 def test_config_ranges(settings, message):
-    cfg = OmegaConf.merge(OmegaConf.structured(snapshot.SnapshotConfig), settings)
+    cfg = OmegaConf.merge(OmegaConf.structured(SnapshotConfig), settings)
     with pytest.raises(UserError, match=re.escape(message)):
-        snapshot.validate(cfg)
+        validate_snapshot(cfg)
 
 
 def test_probs_without_target_and_an_image_of_another_class():
     with pytest.raises(UserError, match="probs given without target"):
-        snapshot.take(snapshot.SnapshotConfig(probs=SEED_PROBS), None)
+        snapshot.take(SnapshotConfig(probs=SEED_PROBS), None)
     labels = torch.tensor([4, 7, 4])
     assert snapshot.pick_image(labels, "test", None, None) == 0
     assert snapshot.pick_image(labels, "test", None, 7) == 1

@@ -1,0 +1,129 @@
+"""The matplotlib figures fmnist draws: confusion matrices, image grids, probability bars.
+
+matplotlib is imported on first use (Agg, no screen), so commands that draw nothing never pay
+for it. `save_figure` writes a PNG atomically and closes the figure.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fmnist.data import CLASSES
+from fmnist.files import write_atomically
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        pyplot().close(fig)
+
+
+def confusion_figure(matrix: Tensor, title: str, classes: list[str] | tuple[str, ...] = CLASSES):
+    """A 10x10 confusion matrix with its counts (rows: true class, columns: predicted)."""
+    import numpy as np
+
+    fig, ax = pyplot().subplots(figsize=(7, 6), dpi=100)
+    counts = matrix.cpu().numpy()
+    ax.imshow(counts, cmap="Blues")
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    threshold = counts.max() / 2
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(
+            j,
+            i,
+            int(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
+    fig.tight_layout()
+    return fig
+
+
+def evaluation_confusion(r: dict[str, Any]):
+    """The confusion matrix of an evaluation (eval.json's dict), with the checkpoint's classes."""
+    title = f"{r['model']} on {r['split']}: accuracy {r['accuracy']:.4f}"
+    return confusion_figure(torch.tensor(r["confusion"]), title, r["classes"])
+
+
+def wrong_grid(r: dict[str, Any], images: Tensor):
+    """A grid of the most confidently wrong images: index, true label, predicted label and q."""
+    wrong = r["confidently_wrong"]
+    columns = min(4, len(wrong))
+    rows = math.ceil(len(wrong) / columns)
+    fig, axes = pyplot().subplots(
+        rows, columns, figsize=(2.3 * columns, 2.6 * rows + 0.5), dpi=100, squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, w in zip(axes.flat, wrong, strict=False):
+        ax.imshow(images[w["position"]].numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(
+            f"#{w['index']}  true: {w['true_name']}\n"
+            f"pred: {w['predicted_name']} ({w['confidence']:.0%})",
+            fontsize=8,
+        )
+    fig.suptitle(f"Most confidently wrong {r['split']} images ({r['model']})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def probability_bars(ax, q: list[float], classes: list[str], target: int | None, decimals: int):
+    """The 10 probabilities as bars, the true class (if known) highlighted, 1/10 dotted."""
+    colors = ["tab:orange" if c == target else "tab:blue" for c in range(len(q))]
+    bars = ax.bar(range(len(q)), q, color=colors)
+    ax.bar_label(bars, labels=[f"{v:.{decimals}f}" for v in q], fontsize=7)
+    ax.axhline(1 / len(q), color="gray", linestyle=":", linewidth=1, label="1/10 (untrained)")
+    if target is not None:
+        ax.bar(0, 0, color="tab:orange", label="true class")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks(range(len(q)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, max(max(q) * 1.2, 0.15))
+    ax.set_ylabel("q")
+
+
+def image_and_probabilities(
+    image: Tensor,
+    image_title: str,
+    q: list[float],
+    classes: list[str],
+    target: int | None,
+    title: str,
+    decimals: int = 4,
+):
+    """One image (uint8, 28x28) beside the probabilities q a model gives it."""
+    fig, (left, right) = pyplot().subplots(
+        1, 2, figsize=(9, 3.6), dpi=100, gridspec_kw={"width_ratios": [1, 2]}
+    )
+    left.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+    left.set_title(image_title, fontsize=10)
+    left.axis("off")
+    probability_bars(right, q, classes, target, decimals)
+    right.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

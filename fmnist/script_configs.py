@@ -1,0 +1,144 @@
+"""The configurations of the commands that use a model (evaluate, snapshot), with their defaults
+and rules, written once; configs/<command>.yaml adds only Hydra's settings and usage notes.
+
+As in fmnist.config, Hydra checks types and keys while composing, and `validate` builds the
+dataclass, whose `__post_init__` raises the first bad value as one `UserError` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from fmnist.config import DEVICES, at_least, choose, require
+from fmnist.data import CLASSES, SPLITS
+from fmnist.engine import TTA_MODES
+from fmnist.errors import UserError
+
+
+@dataclass
+class DataRootConfig:
+    root: str | None = None  # null: $FMNIST_DATA, else data/ at the project root
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/evaluate.py
+# --------------------------------------------------------------------------------------------
+
+EVALUATION_SPLITS = ("test", "val", "train")
+
+
+@dataclass
+class EvalDataConfig(DataRootConfig):
+    batch_size: int | None = None  # null: the run's data.eval_batch_size
+
+    def __post_init__(self) -> None:
+        at_least(
+            "data.batch_size",
+            self.batch_size,
+            1,
+            "must be at least 1 (or null for the run's data.eval_batch_size)",
+        )
+
+
+@dataclass
+class EvaluateConfig:
+    ckpt_path: str = MISSING  # required: a .pt file, or a run directory (then its best.pt)
+    split: str = "test"  # test | val (the run's own validation images) | train (its training set)
+    device: str = "auto"  # auto | cpu | cuda
+    tta: str | None = None  # null: as the run evaluated (its trainer.tta); none|flip|flip_shift
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    top_confused: int = 5  # most confused class pairs to list
+    wrong_images: int = 16  # most confidently wrong images in wrong.png
+    tensorboard: bool = False  # also write the results as TensorBoard events in the run dir
+
+    def __post_init__(self) -> None:
+        choose("split", self.split, EVALUATION_SPLITS)
+        choose("device", self.device, DEVICES)
+        if self.tta is not None:
+            choose("tta", self.tta, TTA_MODES)
+        at_least("top_confused", self.top_confused, 1)
+        require(
+            1 <= self.wrong_images <= 100, "wrong_images", self.wrong_images, "must be in 1..100"
+        )
+
+
+def validate_evaluate(cfg: DictConfig) -> EvaluateConfig:
+    """Check every range and choice; the first problem is raised as a one-line `UserError`."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserError(
+            "ckpt_path is required: python scripts/evaluate.py ckpt_path=outputs/runs/<time> "
+            "(a run directory, for its checkpoints/best.pt) or ckpt_path=<file>.pt"
+        )
+    return OmegaConf.to_object(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/snapshot.py
+# --------------------------------------------------------------------------------------------
+
+
+def _check_class(key: str, value: int | None) -> None:
+    names = ", ".join(f"{k} {name}" for k, name in enumerate(CLASSES))
+    require(
+        value is None or 0 <= value < len(CLASSES),
+        key,
+        value,
+        f"a class is 0..{len(CLASSES) - 1} ({names})",
+    )
+
+
+@dataclass
+class SnapshotConfig:
+    model: Any = None  # the `model` group (untrained, seeded); ignored with ckpt_path or probs
+    seed: int = 0  # seeds the untrained model's initial weights
+    target_class: int | None = None  # the image: the split's first of this class (default 4)
+    target: int | None = None  # the same as target_class (the name explain.py uses with probs)
+    index: int | None = None  # the image: this index in the split (its label is the target)
+    split: str = "test"  # test | train: the official split the image comes from
+    ckpt_path: str | None = None  # a (partially) trained checkpoint instead of an untrained model
+    probs: list[float] | None = None  # 10 probabilities (4 decimals are fine) instead of a model
+    device: str = "auto"  # auto | cpu | cuda
+    data: DataRootConfig = field(default_factory=DataRootConfig)
+
+    def __post_init__(self) -> None:
+        at_least("seed", self.seed, 0, "must be 0 or more")
+        _check_class("target_class", self.target_class)
+        _check_class("target", self.target)
+        if None not in (self.target, self.target_class) and self.target != self.target_class:
+            raise UserError(
+                f"target={self.target} and target_class={self.target_class} disagree: "
+                "they are the same setting, give one"
+            )
+        at_least("index", self.index, 0, "must be 0 or more")
+        choose("split", self.split, SPLITS)
+        choose("device", self.device, DEVICES)
+        if self.probs is not None:
+            require(
+                len(self.probs) == len(CLASSES),
+                "probs",
+                self.probs,
+                f"give {len(CLASSES)} probabilities, one per Fashion-MNIST class",
+            )
+            for key in ("index", "ckpt_path"):
+                if getattr(self, key) is not None:
+                    raise UserError(
+                        f"probs=[...] stands in for a model's output on an image: leave out {key}"
+                    )
+
+    @property
+    def true_class(self) -> int | None:
+        return self.target if self.target is not None else self.target_class
+
+
+def validate_snapshot(cfg: DictConfig) -> SnapshotConfig:
+    """Check every range and choice (the model's too); the first problem is one `UserError`."""
+    return OmegaConf.to_object(cfg)
+
+
+store = ConfigStore.instance()
+store.store(name="evaluate_schema", node=EvaluateConfig)
+store.store(name="snapshot_schema", node=SnapshotConfig)
