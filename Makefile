@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 NPROC ?= 2
 
-.PHONY: setup data train train-ddp test lint format tensorboard bench clean
+.PHONY: setup data train train-ddp test test-fast lint format tensorboard bench clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,12 @@ data: setup
 train: data
 	$(PY) scripts/train.py $(ARGS)
 
+# Everything (what CI runs); test-fast skips the tests marked slow: feedback in well under a minute.
 test: data
 	$(PY) -m pytest $(ARGS)
+
+test-fast: data
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

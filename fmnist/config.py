@@ -185,6 +185,8 @@ def _check_optimizer(lr: float, weight_decay: float) -> None:
 @option("optimizer", "sgd")
 @dataclass
 class SGDConfig:
+    """SGD with Nesterov momentum and L2 weight decay: the fast CNN recipe's optimizer."""
+
     _target_: str = "torch.optim.SGD"
     _partial_: bool = True
     lr: float = 0.05
@@ -200,6 +202,8 @@ class SGDConfig:
 @option("optimizer", "adamw")
 @dataclass
 class AdamWConfig:
+    """Adam with decoupled weight decay."""
+
     _target_: str = "torch.optim.AdamW"
     _partial_: bool = True
     lr: float = 2e-3
@@ -216,6 +220,15 @@ class AdamWConfig:
         )
 
 
+@option("scheduler", "constant")
+@dataclass
+class ConstantConfig:
+    """optimizer.lr at every step."""
+
+    _target_: str = "fmnist.schedules.constant"
+    _partial_: bool = True
+
+
 @option("scheduler", "one_cycle")
 @dataclass
 class OneCycleConfig:
@@ -227,15 +240,6 @@ class OneCycleConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.warmup < 1, "scheduler.warmup", self.warmup, "must be in [0, 1)")
-
-
-@option("scheduler", "constant")
-@dataclass
-class ConstantConfig:
-    """optimizer.lr at every step."""
-
-    _target_: str = "fmnist.schedules.constant"
-    _partial_: bool = True
 
 
 # --------------------------------------------------------------------------------------------

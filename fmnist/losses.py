@@ -53,7 +53,8 @@ no torch softmax, log-softmax, log-sum-exp, NLL or cross-entropy function. (exp 
 Drop-in details: half and bfloat16 logits are computed in float32 and the loss is returned in
 their dtype (under autocast, in float32), as PyTorch does. The training loop's case (class
 indices, no weight or smoothing, mean) has its own lean Function, `_MeanCrossEntropy`; every
-other case goes through `_ClassIndexCrossEntropy` or `_ProbTargetCrossEntropy`.
+other case goes through `_ClassIndexCrossEntropy` or `_ProbTargetCrossEntropy`. Bad arguments
+get one clear line from the checks in fmnist/loss_checks.py.
 """
 
 from __future__ import annotations
@@ -63,7 +64,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-REDUCTIONS = ("none", "mean", "sum")
+from fmnist.loss_checks import (
+    as_weight,
+    check_class_targets,
+    check_distribution,
+    check_options,
+    check_weight,
+    describe,
+)
 
 # Half and bfloat16 are computed in float32 (as PyTorch's kernels do) and returned in their dtype.
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -111,76 +119,6 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     xc = x.to(_compute_dtype(x.dtype))
     shifted = xc - xc.amax(dim, keepdim=True)
     return (shifted - _exp_(shifted.clone()).sum(dim, keepdim=True).log()).to(x.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Cross-entropy: checks of the arguments (clear one-line errors instead of kernel messages)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_options(reduction: str, label_smoothing: float) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}: use one of 'none', 'mean', 'sum'")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-
-
-def _as_weight(weight: Tensor | Sequence[float] | None) -> Tensor | None:
-    """A 1-D float tensor of class weights from a tensor, list or Hydra ListConfig (or None)."""
-    if weight is None:
-        return None
-    if not isinstance(weight, Tensor):
-        try:
-            weight = torch.tensor(list(weight), dtype=torch.get_default_dtype())
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"weight must be a tensor or a list of numbers, got {weight!r}"
-            ) from None
-    elif not weight.is_floating_point():
-        weight = weight.to(torch.get_default_dtype())
-    if weight.dim() != 1:
-        raise ValueError(
-            f"weight must be 1-D (one weight per class), got shape {tuple(weight.shape)}"
-        )
-    return weight
-
-
-def _check_weight(weight: Tensor | None, num_classes: int) -> None:
-    if weight is not None and weight.numel() != num_classes:
-        raise ValueError(
-            f"weight has {weight.numel()} entries but the input has {num_classes} classes: "
-            f"give one weight per class"
-        )
-
-
-def _check_class_targets(
-    target: Tensor, expected_shape: tuple[int, ...], num_classes: int, ignore_index: int
-) -> Tensor | None:
-    """Validate class-index targets; return the mask of ignored targets (None if there are none)."""
-    if target.dtype not in (torch.int64, torch.uint8):
-        raise TypeError(
-            f"class-index targets must be int64 (torch.long), got {target.dtype}; for class "
-            f"probabilities give a float target with the same shape as the input"
-        )
-    if tuple(target.shape) != expected_shape:
-        raise ValueError(
-            f"target has shape {tuple(target.shape)} but input needs {expected_shape} "
-            f"(one class index per sample) or the input's own shape (class probabilities)"
-        )
-    if target.numel() == 0:
-        return None
-    lo, hi = (v.item() for v in torch.aminmax(target))
-    if lo >= 0 and hi < num_classes and not 0 <= ignore_index < num_classes:
-        return None  # the common case: every target valid, none ignored
-    ignored = target == ignore_index
-    bad = ~ignored & ((target < 0) | (target >= num_classes))
-    if bad.any():
-        value = target[bad][0].item()
-        raise ValueError(
-            f"target {value} is out of range: class indices must be in "
-            f"[0, {num_classes - 1}] (or ignore_index={ignore_index})"
-        )
-    return ignored if ignored.any() else None
 
 
 def _broadcast_weight(weight: Tensor, ndim: int) -> Tensor:
@@ -392,14 +330,14 @@ def cross_entropy(
         (float) of the input's own shape.
     weight, ignore_index, reduction, label_smoothing: as in torch.nn.CrossEntropyLoss.
     """
-    _check_options(reduction, label_smoothing)
+    check_options(reduction, label_smoothing)
     if not isinstance(input, Tensor) or not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor of logits, got {_describe(input)}")
+        raise TypeError(f"input must be a floating-point tensor of logits, got {describe(input)}")
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a tensor, got {type(target).__name__}")
     if input.dim() == 0:
         raise ValueError("input is a scalar: give logits of shape (C,), (N, C) or (N, C, d1, ...)")
-    weight = _as_weight(weight)
+    weight = as_weight(weight)
     if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(input.device.type):
         input = input.float()  # autocast runs cross-entropy in float32, PyTorch's included
 
@@ -407,7 +345,7 @@ def cross_entropy(
     if unbatched:
         input, target = _add_batch_dim(input, target)
     num_classes = input.shape[1]
-    _check_weight(weight, num_classes)
+    check_weight(weight, num_classes)
 
     if target.shape == input.shape:
         if not target.is_floating_point():
@@ -423,7 +361,7 @@ def cross_entropy(
         loss = _ProbTargetCrossEntropy.apply(input, target, weight, reduction, label_smoothing)
     else:
         expected = (input.shape[0], *input.shape[2:])
-        ignored = _check_class_targets(target, expected, num_classes, ignore_index)
+        ignored = check_class_targets(target, expected, num_classes, ignore_index)
         if weight is not None and weight.requires_grad and torch.is_grad_enabled():
             raise ValueError(
                 "weight requires grad, but cross-entropy with class-index targets is not "
@@ -448,12 +386,6 @@ def _add_batch_dim(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return input.unsqueeze(0), target
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor"
-    return type(value).__name__
-
-
 class CrossEntropyLoss(nn.Module):
     """Module form of `cross_entropy`: a drop-in for torch.nn.CrossEntropyLoss.
 
@@ -471,8 +403,8 @@ class CrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_options(reduction, label_smoothing)
-        self.register_buffer("weight", _as_weight(weight))
+        check_options(reduction, label_smoothing)
+        self.register_buffer("weight", as_weight(weight))
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -498,9 +430,6 @@ class CrossEntropyLoss(nn.Module):
 # The two-step form on probabilities that are already normalised
 # --------------------------------------------------------------------------------------------
 
-# Probabilities rounded to 4 decimals (as printed) sum to 1 only within about 1e-3.
-PROB_SUM_TOLERANCE = 1e-3
-
 
 def cross_entropy_from_probs(probs: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """-log(q[range(m), target]): cross-entropy on probabilities q that are already a softmax.
@@ -510,37 +439,18 @@ def cross_entropy_from_probs(probs: Tensor, target: Tensor, reduction: str = "me
     (no negatives or nan, summing to 1 within PROB_SUM_TOLERANCE). Use `cross_entropy` on logits
     in training: it is stable where a probability underflows to 0 (then -log gives inf).
     """
-    _check_options(reduction, 0.0)
+    check_options(reduction, 0.0)
     if not isinstance(probs, Tensor) or not probs.is_floating_point():
-        raise TypeError(f"probs must be a floating-point tensor, got {_describe(probs)}")
+        raise TypeError(f"probs must be a floating-point tensor, got {describe(probs)}")
     if probs.dim() not in (1, 2):
         raise ValueError(f"probs must have shape (C,) or (m, C), got {tuple(probs.shape)}")
     unbatched = probs.dim() == 1
     q = probs.unsqueeze(0) if unbatched else probs
     t = target.reshape(1) if unbatched and target.dim() == 0 else target
-    _check_class_targets(t, (q.shape[0],), q.shape[1], ignore_index=-100)
-    _check_distribution(q, "probs" if unbatched else "probs row {row}")
+    check_class_targets(t, (q.shape[0],), q.shape[1], ignore_index=-100)
+    check_distribution(q, "probs" if unbatched else "probs row {row}")
 
     losses = -q[torch.arange(q.shape[0]), t.long()].log()  # -log q_i[y_i]
     if reduction == "none":
         return losses.squeeze(0) if unbatched else losses
     return losses.sum() if reduction == "sum" else losses.mean()
-
-
-def _check_distribution(q: Tensor, where: str) -> None:
-    """Each row of q must be a probability distribution, or the loss means nothing."""
-    bad = torch.isnan(q).any(1) | (q < 0).any(1)
-    if bad.any():
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{where.format(row=row)} has a negative or nan entry: probabilities must be in "
-            f"[0, 1] (pass logits to cross_entropy instead)"
-        )
-    sums = q.double().sum(1)
-    off = (sums - 1).abs() > PROB_SUM_TOLERANCE
-    if off.any():
-        row = int(off.nonzero()[0, 0])
-        raise ValueError(
-            f"{where.format(row=row)} sums to {sums[row].item():.4f}, not 1: probabilities "
-            f"must sum to 1 (pass logits to cross_entropy instead)"
-        )

@@ -197,7 +197,7 @@ class Checkpoints:
     def __init__(self, run_dir: Path, training: Training, config: dict) -> None:
         self.directory, self.training, self.config = run_dir / "checkpoints", training, config
         self.every = config["trainer"]["checkpoint_every_steps"]
-        self.writer = distributed.is_main()
+        self.writes = distributed.is_main()  # rank 0 alone writes files
 
     def due(self, step: int) -> bool:
         """Whether last.pt is also saved after this step (trainer.checkpoint_every_steps)."""
@@ -217,7 +217,7 @@ class Checkpoints:
     def save(
         self, name: str, progress: Progress, train_seconds: float, metrics: dict | None = None
     ) -> None:
-        if not self.writer:
+        if not self.writes:
             return
         training = self.training
         checkpoint.save(
@@ -258,7 +258,7 @@ class Checkpoints:
 
     def finish(self, best: dict[str, Any], metrics: dict) -> None:
         """best.pt gets the run's final metrics, then metrics.json marks the run finished."""
-        if not self.writer:
+        if not self.writes:
             return
         checkpoint.save(self.directory / "best.pt", **{**best, "metrics": metrics})
         text = json.dumps(metrics, indent=2) + "\n"

@@ -1,17 +1,25 @@
-"""Shared fixtures: the real dataset (skipped only when absent and FMNIST_REQUIRE_DATA is unset)."""
+"""Shared fixtures: the real dataset (skipped only when absent and FMNIST_REQUIRE_DATA is unset),
+one tiny trained run per session (`experiment=smoke`), and two ways to run a script: as a real
+subprocess (`run_script`: exit codes, signals, start-up) or in this process (`run_in_process`:
+the same Hydra entry point and error handling, without the seconds of start-up)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist import data
 
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE = "experiment=smoke"  # 2 epochs of 8 steps of the default CNN (configs/experiment/smoke.yaml)
 
 
 class RunsCode:
@@ -47,3 +55,44 @@ def run_script(*args: str, cwd: Path | None = None, env: dict | None = None, tim
         text=True,
         timeout=timeout,
     )
+
+
+def run_in_process(script: str, *args: str, cwd: Path | None = None):
+    """Run `scripts/NAME.py args...` here, as `python` would: its Hydra main, its exit code."""
+    argv, before = sys.argv, Path.cwd()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [str(ROOT / script), *args]
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(before)
+    return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_root, tmp_path_factory) -> Path:
+    """One `experiment=smoke` run through the real script, shared by every test that reads a
+    trained run or its checkpoints (never modify it: copy what you damage)."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_script("scripts/train.py", SMOKE, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    """The run's one events file, read back with every scalar and image."""
+    files = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    accumulator = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0})
+    return accumulator.Reload()
+
+
+def scalars(run_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, value) of one scalar tag, over all events files of the run directory."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RunsCode, run_script
+from conftest import SMOKE, RunsCode, run_script
 
 from fmnist import data
 
+pytestmark = pytest.mark.slow  # a real process per case: the exit code, stderr, nothing written
+
 
 @pytest.fixture(scope="module")
-def files(data_root, tmp_path_factory) -> dict[str, str]:
+def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
     """Bad data roots and bad checkpoints, made once for the module."""
     base = tmp_path_factory.mktemp("bad")
     made = {"tmp": str(base), "marker": str(base / "MARKER")}
@@ -28,11 +30,8 @@ def files(data_root, tmp_path_factory) -> dict[str, str]:
             damage(f)
         made[name] = str(root)
 
-    run = base / "linear_run"
-    result = run_script("scripts/train.py", *LINEAR_RUN, f"hydra.run.dir={run}")
-    assert result.returncode == 0, result.stderr
-    checkpoint = run / "checkpoints" / "last.pt"
-    made["linear_ckpt"] = str(checkpoint)
+    checkpoint = trained_run / "checkpoints" / "last.pt"
+    made["smoke_ckpt"] = str(checkpoint)
     truncated = base / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     made["truncated_ckpt"] = str(truncated)
@@ -49,13 +48,6 @@ def files(data_root, tmp_path_factory) -> dict[str, str]:
 
 
 TRAIN = "scripts/train.py"
-LINEAR_RUN = [
-    "model=linear",
-    "data.subset=512",
-    "data.val_size=256",
-    "trainer.max_epochs=1",
-    "trainer.progress=false",
-]
 EXPLAIN = "scripts/explain.py"
 EVALUATE = "scripts/evaluate.py"
 SNAPSHOT = "scripts/snapshot.py"
@@ -91,8 +83,8 @@ CASES = [
     (TRAIN, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
     (
         TRAIN,
-        ["ckpt_path={linear_ckpt}", *LINEAR_RUN[1:]],
-        "was trained with another config (model._target_=fmnist.models.Linear there",
+        ["ckpt_path={smoke_ckpt}", SMOKE, "model=linear"],
+        "was trained with another config (model._target_=fmnist.models.SmallCNN there",
     ),
     (TRAIN, ["ckpt_path={truncated_ckpt}"], "is not a readable checkpoint"),
     (TRAIN, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
@@ -113,7 +105,7 @@ CASES = [
     (EVALUATE, ["ckpt_path={truncated_ckpt}"], "is not a readable checkpoint"),
     (EVALUATE, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
     (EVALUATE, ["ckpt_path={torch_pickle_ckpt}"], "was refused"),
-    (EVALUATE, ["ckpt_path={linear_ckpt}", "split=holdout"], "split"),
+    (EVALUATE, ["ckpt_path={smoke_ckpt}", "split=holdout"], "split"),
     (SNAPSHOT, ["index=10000"], "index"),
     (SNAPSHOT, ["target_class=10"], "target_class"),
     (SNAPSHOT, ["probs=[0.5,0.6]", "target=0"], "error:"),

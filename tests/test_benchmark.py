@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_script
+
+pytestmark = pytest.mark.slow
 
 
 def test_quick_benchmark_writes_every_figure(data_root, tmp_path):

@@ -75,6 +75,7 @@ def test_no_source_lists_the_three_ways(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+@pytest.mark.slow
 def test_cli_without_source_exits_3_with_one_line(tmp_path):
     result = run_script(
         "-m", "fmnist.data", "--root", str(tmp_path), "--source-dir", str(tmp_path), "--no-download"
@@ -133,6 +134,7 @@ def test_truncated_gz_is_reported(gz_copy, tmp_path):
         data.prepare(tmp_path / "root", source_dirs=[str(gz_copy)], download=False)
 
 
+@pytest.mark.slow
 def test_loader_with_a_corrupted_prepared_file_gives_one_line(data_root, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(data.raw_dir(data_root), data.raw_dir(root))
@@ -168,6 +170,7 @@ def test_torchvision_reads_the_prepared_root(data_root):
     assert torch.equal(dataset.data, images) and torch.equal(dataset.targets, labels)
 
 
+@pytest.mark.slow
 def test_cli_reports_source_and_sizes(data_root):
     result = run_script("-m", "fmnist.data", "--no-download")
     assert result.returncode == 0, result.stderr

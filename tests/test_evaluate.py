@@ -7,12 +7,11 @@ import json
 import pickle
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import RunsCode, run_script
+from conftest import RunsCode, run_in_process
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,30 +21,22 @@ from fmnist.errors import UserError
 from fmnist.loaders import DeviceLoader
 from fmnist.script_configs import EvaluateConfig, validate_evaluate
 
-TINY = [
-    "data.subset=1000",
-    "data.val_size=500",
-    "trainer.max_epochs=1",
-    "trainer.progress=false",
-    "model.widths=[8,16]",  # a small, quick CNN; precision stays auto (bf16 where fast)
-    "model.convs_per_block=1",
-]
 EVALUATE = "scripts/evaluate.py"
 
 
-@pytest.fixture(scope="module")
-def run(data_root, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    result = run_script("scripts/train.py", *TINY, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr
-    return run_dir
+@pytest.fixture
+def run(trained_run) -> Path:
+    """The session's `experiment=smoke` run (its best.pt is what it tested)."""
+    return trained_run
 
 
 @pytest.fixture(scope="module")
-def evaluated(run, tmp_path_factory):
+def evaluated(trained_run, tmp_path_factory):
     """The run directory evaluated on the test split, with TensorBoard events."""
     out = tmp_path_factory.mktemp("eval") / "out"
-    result = run_script(EVALUATE, f"ckpt_path={run}", "tensorboard=true", f"hydra.run.dir={out}")
+    result = run_in_process(
+        EVALUATE, f"ckpt_path={trained_run}", "tensorboard=true", f"hydra.run.dir={out}"
+    )
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -100,11 +91,11 @@ def test_report_prints_everything(run, evaluated):
 def test_val_split_reproduces_the_recorded_val_accuracy(run, tmp_path):
     out = tmp_path / "out"
     best = run / "checkpoints" / "best.pt"
-    result = run_script(EVALUATE, f"ckpt_path={best}", "split=val", f"hydra.run.dir={out}")
+    result = run_in_process(EVALUATE, f"ckpt_path={best}", "split=val", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "eval.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    assert results["num_samples"] == 500
+    assert results["num_samples"] == 512
     assert results["accuracy"] == metrics["val_acc"]
     assert results["loss"] == pytest.approx(metrics["val_loss"], rel=1e-9, abs=0)
 
@@ -154,11 +145,11 @@ def test_per_class_and_most_confused():
 
 
 @pytest.fixture(scope="module")
-def bad(run, tmp_path_factory) -> dict[str, str]:
+def bad(trained_run, tmp_path_factory) -> dict[str, str]:
     """Bad checkpoints, made once for the module; `marker` must never come to exist."""
     base = tmp_path_factory.mktemp("bad")
     marker = base / "MARKER"
-    best = run / "checkpoints" / "best.pt"
+    best = trained_run / "checkpoints" / "best.pt"
     good = checkpoint.load(best)
     made = {"tmp": str(base), "marker": str(marker)}
 
@@ -175,7 +166,7 @@ def bad(run, tmp_path_factory) -> dict[str, str]:
 
     save("torchvision.pt", torchvision.models.squeezenet1_1(num_classes=10).state_dict())
     other = {**good, "config": {**good["config"], "model": {**good["config"]["model"]}}}
-    other["config"]["model"]["widths"] = [32, 64, 128]
+    other["config"]["model"]["widths"] = [8, 16]
     save("other_model.pt", other)
     save("future.pt", {**good, "format": 99, "version": "9.0.0"})
     no_val = {**good, "config": {**good["config"], "data": {**good["config"]["data"]}}}
@@ -206,7 +197,7 @@ BAD = [
     (["ckpt_path={torch_pickle}"], "{torch_pickle} was refused"),
     (["ckpt_path={pickle}"], "{pickle} was refused"),
 ]
-# Through the real script too (each costs seconds of start-up): exit code 2, one line, no files.
+# Through the script's own entry point too: exit code 2, one line, no files.
 THROUGH_THE_SCRIPT = [0, 3, 7, 9, 10, 11, 12]
 
 
@@ -226,15 +217,14 @@ def test_bad_checkpoints_are_refused(bad, case):
 
 @pytest.fixture(scope="module")
 def refusals(bad, tmp_path_factory) -> dict[int, tuple[subprocess.CompletedProcess, Path]]:
-    """The THROUGH_THE_SCRIPT cases as real subprocesses, two at a time."""
+    """The THROUGH_THE_SCRIPT cases, each in a fresh working directory."""
 
     def attempt(case: int) -> tuple[subprocess.CompletedProcess, Path]:
         cwd = tmp_path_factory.mktemp("cwd")
         arguments = [a.format(**bad) for a in BAD[case][0]]
-        return run_script(EVALUATE, *arguments, cwd=cwd), cwd
+        return run_in_process(EVALUATE, *arguments, cwd=cwd), cwd
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(THROUGH_THE_SCRIPT, pool.map(attempt, THROUGH_THE_SCRIPT), strict=True))
+    return {case: attempt(case) for case in THROUGH_THE_SCRIPT}
 
 
 @pytest.mark.parametrize(

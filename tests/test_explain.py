@@ -1,31 +1,24 @@
-"""`python scripts/explain.py`, run as a real subprocess the way a user runs it."""
+"""`python scripts/explain.py` through its Hydra entry point, as a user runs it (in this process:
+the bad-input sweep of tests/test_bad_input.py runs it as a real subprocess)."""
 
 from __future__ import annotations
 
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, run_in_process
 
 from fmnist import explain
 from fmnist.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "explain.py"
 COAT_Q = "[0.1058,0.1043,0.0988,0.1066,0.0875,0.0881,0.1027,0.1046,0.1057,0.0958]"
 
 
 def run_explain(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_in_process("scripts/explain.py", *overrides, cwd=cwd)
 
 
 def test_default_example_step_by_step(tmp_path):
@@ -99,7 +92,7 @@ def test_bad_input_is_one_line_error(overrides, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# In-process checks of the package function, for the input errors the subprocesses don't cover.
+# Checks of the package function, for the input errors the script runs above don't cover.
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,7 @@ def test_both_loader_paths_give_the_same_evaluation_batches(data_root):
     assert torch.equal(*train_labels)
 
 
+@pytest.mark.slow
 def test_both_loader_paths_train_to_the_same_accuracy(data_root, tmp_path):
     """Same model and recipe, 6000 training images, 3 epochs, two seeds per path.
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fmnist import losses
+from fmnist import loss_checks, losses
 from fmnist.losses import (
     CrossEntropyLoss,
     cross_entropy,
@@ -486,16 +486,18 @@ FORBIDDEN = {"softmax", "log_softmax", "logsumexp", "nll_loss", "cross_entropy",
 
 def test_source_calls_no_torch_softmax_or_loss():
     """Our own softmax/cross_entropy are plain names; torch's would be attributes (F.softmax)."""
-    tree = ast.parse(inspect.getsource(losses))
-    attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-    assert not attributes & FORBIDDEN
-    imported = {
-        alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom | ast.Import)
-        for alias in node.names
-    }
-    assert imported <= {"annotations", "Sequence", "torch", "Tensor", "nn"}
+    for module in (losses, loss_checks):
+        tree = ast.parse(inspect.getsource(module))
+        attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        assert not attributes & FORBIDDEN
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom | ast.Import)
+            for alias in node.names
+        }
+        checks = {name for name in dir(loss_checks) if not name.startswith("_")}
+        assert imported <= {"annotations", "Sequence", "torch", "Tensor", "nn", *checks}
 
 
 class _RecordOps(TorchDispatchMode):

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import ROOT, SMOKE, run_script, scalars
 
-SMALL = [
-    "data.subset=2048",
-    "data.batch_size=128",
-    "data.val_size=512",
-    "trainer.max_epochs=2",
-    "trainer.deterministic=true",
-    "trainer.checkpoint_every_steps=1",
-    "trainer.progress=false",
-]
-STEPS = 32  # 2048 / 128 = 16 steps per epoch
+pytestmark = pytest.mark.slow
+
+SMALL = [SMOKE, "trainer.deterministic=true", "trainer.checkpoint_every_steps=1"]
+STEPS = 16  # 1024 / 128 = 8 steps per epoch, 2 epochs
 
 
 def start(cwd: Path, *overrides: str) -> subprocess.Popen:
@@ -50,11 +43,6 @@ def wait_for_step(run_root: Path, step: int, process: subprocess.Popen) -> None:
                 pass
         time.sleep(0.05)
     raise AssertionError(f"the run never reached step {step}")
-
-
-def series(run_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
 def only_run(root: Path) -> Path:
@@ -91,8 +79,8 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
         == json.loads((uninterrupted / "metrics.json").read_text())["test_acc"]
     )
     # One TensorBoard series: every step exactly once, with the uninterrupted run's values.
-    assert series(run_dir) == series(uninterrupted)
-    assert [step for step, _ in series(run_dir)] == list(range(1, STEPS + 1))
+    assert scalars(run_dir) == scalars(uninterrupted)
+    assert [step for step, _ in scalars(run_dir)] == list(range(1, STEPS + 1))
 
 
 def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
@@ -109,7 +97,7 @@ def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
 
     resumed = run_script("scripts/train.py", *SMALL, "trainer.resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert [s for s, _ in series(only_run(tmp_path))] == list(range(1, STEPS + 1))
+    assert [s for s, _ in scalars(only_run(tmp_path))] == list(range(1, STEPS + 1))
 
 
 def test_resume_with_another_config_is_refused(uninterrupted, tmp_path):

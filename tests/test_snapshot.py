@@ -7,12 +7,11 @@ import json
 import math
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, run_in_process, run_script
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -91,7 +90,7 @@ def test_untrained_model_snapshot_equals_a_manual_computation(
     data_root, tmp_path, arguments, split, target
 ):
     out = tmp_path / "out"
-    result = run_script(SNAPSHOT, *arguments, f"hydra.run.dir={out}")
+    result = run_in_process(SNAPSHOT, *arguments, f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "snapshot.json").read_text())
     _, labels = data.load_split(split)
@@ -145,7 +144,7 @@ def partly_trained(data_root, tmp_path_factory) -> Path:
 def test_checkpoint_snapshot_equals_a_manual_computation(partly_trained, tmp_path):
     out = tmp_path / "out"
     arguments = [f"ckpt_path={partly_trained}", "index=17", f"hydra.run.dir={out}"]
-    result = run_script(SNAPSHOT, *arguments)
+    result = run_in_process(SNAPSHOT, *arguments)
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "snapshot.json").read_text())
     state = checkpoint.load(partly_trained)
@@ -172,14 +171,13 @@ BAD = [
 
 @pytest.fixture(scope="module")
 def refusals(data_root, tmp_path_factory) -> list[tuple[subprocess.CompletedProcess, Path]]:
-    """Every BAD case as a real subprocess, two at a time (each is mostly start-up)."""
+    """Every BAD case through the script's entry point, each in a fresh working directory."""
 
     def attempt(arguments: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
         cwd = tmp_path_factory.mktemp("cwd")
-        return run_script(SNAPSHOT, *arguments, cwd=cwd), cwd
+        return run_in_process(SNAPSHOT, *arguments, cwd=cwd), cwd
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(attempt, [arguments for arguments, _ in BAD]))
+    return [attempt(arguments) for arguments, _ in BAD]
 
 
 @pytest.mark.parametrize("case", range(len(BAD)), ids=[str(a)[:40] for a, _ in BAD])

@@ -7,34 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import SMOKE, events, run_in_process, run_script, scalars
 
 from fmnist import checkpoint
 from fmnist.schedules import OneCycle
 
-TINY = ["data.subset=1024", "data.batch_size=128", "data.val_size=512", "trainer.progress=false"]
 
-
-def events(run_dir: Path) -> EventAccumulator:
-    files = list(run_dir.glob("events.out.tfevents.*"))
-    assert len(files) == 1, files
-    accumulator = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "images": 0})
-    return accumulator.Reload()
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [event.value for event in events(run_dir).Scalars("train/loss")]
-
-
-@pytest.fixture(scope="module")
-def run(data_root, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    result = run_script(
-        "scripts/train.py", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"
-    )
-    assert result.returncode == 0, result.stderr
-    return run_dir
+@pytest.fixture
+def run(trained_run) -> Path:
+    """The session's `experiment=smoke` run: 2 epochs of 8 steps."""
+    return trained_run
 
 
 def test_run_directory_layout(run):
@@ -92,12 +74,13 @@ def test_metrics_and_checkpoints_agree(run):
     assert last["step"] == 16 and last["epoch"] == 2 and "state" in last["optimizer"]
 
 
+@pytest.mark.slow
 def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
     result = run_script(
         "scripts/train.py",
         "-m",
         "loss=scratch,torch",
-        *TINY,
+        SMOKE,
         "data.subset=256",
         "trainer.max_epochs=1",
         f"hydra.sweep.dir={tmp_path}",
@@ -119,6 +102,7 @@ def train_losses(tmp_path: Path, *overrides: str) -> dict[str, torch.Tensor]:
         result = run_script(
             "scripts/train.py",
             *overrides,
+            "trainer.progress=false",
             "data.val_size=0",
             "trainer.max_epochs=1",
             "trainer.precision=32",
@@ -128,10 +112,11 @@ def train_losses(tmp_path: Path, *overrides: str) -> dict[str, torch.Tensor]:
             f"hydra.run.dir={run_dir}",
         )
         assert result.returncode == 0, result.stderr
-        curves[loss] = torch.tensor(losses(run_dir))
+        curves[loss] = torch.tensor([value for _, value in scalars(run_dir)])
     return curves
 
 
+@pytest.mark.slow
 def test_scratch_and_torch_train_softmax_regression_identically(data_root, tmp_path):
     """A convex model: 50 steps with our loss and with PyTorch's stay within float rounding."""
     curves = train_losses(tmp_path, "model=linear", "data.subset=12800")
@@ -157,7 +142,7 @@ def test_scratch_and_torch_train_softmax_regression_identically(data_root, tmp_p
     ],
 )
 def test_config_errors_are_one_clear_line(data_root, tmp_path, override, message):
-    result = run_script("scripts/train.py", override, f"hydra.run.dir={tmp_path}")
+    result = run_in_process("scripts/train.py", override, f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
