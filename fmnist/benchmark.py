@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from fmnist.config import validate
 from fmnist.engine import Position, bf16_is_fast, train_epoch
 from fmnist.errors import reports_user_errors
+from fmnist.files import write_text_atomically
 from fmnist.losses import cross_entropy
 from fmnist.train import build
 
@@ -138,7 +139,7 @@ def training_throughputs(
             )
         )
         runs[name] = lambda epoch, training=training: _consume(
-            train_epoch(training, Position(epoch=epoch), skip_nonfinite=False)
+            train_epoch(training, Position(epoch=epoch))
         )
     seconds = _interleaved_median_seconds(runs, repeats)
     return {name: images[name] / seconds[name] for name in variants}
@@ -171,7 +172,7 @@ def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
             ]
         )
         losses = []
-        for step in train_epoch(build(cfg), Position(), skip_nonfinite=False):
+        for step in train_epoch(build(cfg), Position()):
             losses.append(step.loss)
             if step.number == steps:
                 break
@@ -308,7 +309,7 @@ def main(cfg: DictConfig) -> dict:
 
     out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomically(out / "benchmark.json", json.dumps(results, indent=2) + "\n")
     print(f"machine: {results['machine']}")
     print(table(results))
     print(f"wrote {out / 'benchmark.json'}")

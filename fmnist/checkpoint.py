@@ -42,7 +42,7 @@ def save(path: Path, **contents: Any) -> None:
         "normalization": {"mean": data.MEAN, "std": data.STD},
         **contents,
     }
-    write_atomically(path, lambda tmp: torch.save(checkpoint, tmp), "checkpoint")
+    write_atomically(path, lambda f: torch.save(checkpoint, f), "checkpoint")
 
 
 def resolve(path: str | os.PathLike, in_run_dir: str = "best.pt") -> Path:

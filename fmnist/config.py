@@ -265,6 +265,7 @@ class TrainerConfig:
     resume: str | None = None  # auto: continue the newest unfinished run with this config
     sync_batchnorm: bool = False  # torchrun on GPUs: BatchNorm statistics over all ranks
     skip_nonfinite: bool = False  # true: skip steps whose loss is NaN/inf (counted), not stop
+    max_skipped_in_a_row: int = 10  # with skip_nonfinite: stop after more skips in a row
 
     def __post_init__(self) -> None:
         at_least("trainer.max_epochs", self.max_epochs, 1)
@@ -283,6 +284,7 @@ class TrainerConfig:
             self.resume,
             "use auto, or leave it unset",
         )
+        at_least("trainer.max_skipped_in_a_row", self.max_skipped_in_a_row, 1)
 
 
 @dataclass

@@ -192,7 +192,7 @@ def _copy_from_dir(source: Path, root: Path) -> None:
             raise DataError(f"{e}; replace the file (or reinstall dataset-fashion-mnist)") from None
         contents[spec.name] = data
     for name, data in contents.items():
-        write_atomically(raw_dir(root) / name, lambda tmp, data=data: tmp.write_bytes(data))
+        write_atomically(raw_dir(root) / name, lambda f, data=data: f.write(data), "data file")
 
 
 def _download(root: Path) -> None:

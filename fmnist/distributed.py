@@ -1,20 +1,24 @@
 """Multi-process training under torchrun, on PyTorch's own engine (torch.distributed + DDP).
 
 `torchrun --nproc_per_node=N scripts/train.py ...` starts N processes with RANK, LOCAL_RANK and
-WORLD_SIZE set. Each process (rank) trains on its share of every global batch; DDP averages the
-gradients, so together the ranks take the step one process would take on the whole batch.
-Rank 0 alone writes files and shows progress. Without torchrun, everything here is a no-op.
-(Which device a rank uses is fmnist.engine's choice: `engine.device`.)
+WORLD_SIZE set. Each process (rank) trains on its share of every global batch (shares differ by
+at most one sample, and may be empty); `global_batch` scales each rank's loss so that DDP's
+average of the gradients is the gradient of the whole batch's mean loss, exactly as one process
+computes it. Rank 0 alone writes files and shows progress. Without torchrun, everything here is
+a no-op. (Which device a rank uses is fmnist.engine's choice: `engine.device`.)
 """
 
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from fmnist.errors import UserError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -31,16 +35,47 @@ def is_main() -> bool:
 
 
 def init() -> None:
-    """Join the torchrun job, once: NCCL between GPUs, gloo between CPU processes."""
+    """Join the torchrun job, once: NCCL for CUDA tensors, gloo for CPU tensors.
+
+    The store's keys carry torchrun's restart count: a restarted group gets the store of the
+    group it replaces, and would otherwise read that group's stale addresses and fail to
+    connect (pytorch/pytorch#167288).
+    """
     if world_size() == 1 or dist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    store, rank, size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(
+        "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+        store=dist.PrefixStore(f"fmnist/attempt_{attempt}", store),
+        rank=rank,
+        world_size=size,
+    )
 
 
-def agree(value: str) -> str:
-    """Rank 0's `value` on every rank (e.g. the run directory, which contains a timestamp)."""
+def seed_per_rank(seed: int) -> None:
+    """Give this rank its own stream of the global RNG (dropout masks), after the model is built.
+
+    Every rank seeds alike and so builds the same initial weights; from then on each draws its
+    own masks, as the ranks' shares of a batch are different images. One process: unchanged.
+    """
+    if world_size() > 1:
+        torch.manual_seed(seed + 1_000_003 * (rank() + 1))
+
+
+def gather(value: object) -> list[object]:
+    """Every rank's `value`, in rank order, on every rank (e.g. the ranks' RNG states)."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[object] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def agree(value: T) -> T:
+    """Rank 0's `value` on every rank (e.g. the run directory it chose and created)."""
     init()
     if world_size() == 1:
         return value
@@ -65,26 +100,41 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def batch_means(loss: torch.Tensor, correct: torch.Tensor, count: int) -> tuple[float, float]:
-    """Mean loss and accuracy of the whole global batch, the same on every rank."""
+def global_batch(
+    loss: torch.Tensor, correct: torch.Tensor, count: int, denominator: torch.Tensor | float
+) -> tuple[torch.Tensor, float, float]:
+    """Combine the ranks' shares of one global batch.
+
+    `loss` is this rank's mean loss over its `count` samples: a sum divided by `denominator`
+    (the count, or with class weights the sum of its targets' weights; 0 for an empty share,
+    whose loss must then be a zero connected to the graph). Returns the loss to backpropagate,
+    scaled by world size * denominator / global denominator, so that DDP's average over the
+    ranks is the gradient of the global batch's mean loss; and that mean loss and the global
+    accuracy, the same on every rank. One process: the loss as it is, and its own figures.
+    """
     if not dist.is_initialized():
-        return loss.item(), correct.item() / count
+        return loss, loss.item(), correct.item() / count
+    as_double = {"dtype": torch.float64, "device": loss.device}
+    denominator = torch.as_tensor(denominator, **as_double)
     totals = torch.stack(
         [
-            loss.double() * count,
+            loss.detach().double() * denominator,
             correct.double(),
-            torch.tensor(count, dtype=torch.float64, device=loss.device),
+            torch.tensor(count, **as_double),
+            denominator,
         ]
     )
     dist.all_reduce(totals)
-    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+    total_loss, total_correct, total_count, total_denominator = totals.tolist()
+    scale = (world_size() * denominator / total_denominator).to(loss.dtype)
+    return loss * scale, total_loss / total_denominator, total_correct / total_count
 
 
-def any_(flag: bool) -> bool:
+def any_(flag: bool, device: torch.device) -> bool:
     """True on every rank if `flag` is true on any (so all ranks stop at the same step)."""
     if not dist.is_initialized():
         return flag
-    value = torch.tensor(float(flag))
+    value = torch.tensor(float(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

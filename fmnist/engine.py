@@ -182,6 +182,7 @@ class Position:
     epoch: int = 0  # the epoch in progress (0-based)
     batch: int = 0  # batches of that epoch already used
     skipped: int = 0  # steps skipped for a non-finite loss (trainer.skip_nonfinite)
+    skipped_in_a_row: int = 0  # of those, how many came last, one after another
 
 
 @dataclass
@@ -198,29 +199,29 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite: training diverged."""
 
 
-def train_epoch(training: Training, position: Position, skip_nonfinite: bool) -> Iterator[Step]:
+def train_epoch(training: Training, position: Position, max_skipped: int = 0) -> Iterator[Step]:
     """Train the rest of epoch `position.epoch`, one optimizer step per batch.
 
     `position` moves on with every batch and each step is yielded as it is taken, so the caller
-    can report, checkpoint or stop after any of them.
+    can report, checkpoint or stop after any of them. A batch whose loss is NaN or infinite
+    stops training, or, up to `max_skipped` such batches in a row, is skipped: no update, the
+    BatchNorm statistics it touched restored, the learning-rate schedule moved on as if it had
+    been taken.
     """
     model, loss_fn, compute = training.trained, training.loss_fn, training.compute
     model.train()
     for images, labels in training.data.train.epoch(position.epoch, position.batch):
+        buffers = [b.clone() for b in training.model.buffers()] if max_skipped else []
         with compute.autocast():
             logits = model(compute.images(images))
-        loss = loss_fn(logits.float(), labels)
+        loss = _share_loss(loss_fn, logits, labels)
         correct = (logits.argmax(1) == labels).sum()
-        loss_value, accuracy = distributed.batch_means(loss.detach(), correct, len(labels))
+        loss, loss_value, accuracy = distributed.global_batch(
+            loss, correct, len(labels), _denominator(loss_fn, labels)
+        )
         position.batch += 1
         if not math.isfinite(loss_value):
-            if not skip_nonfinite:
-                raise NonFiniteLoss(
-                    f"the loss is {loss_value} at step {position.step + 1} (epoch "
-                    f"{position.epoch + 1}, batch {position.batch}): lower optimizer.lr, or skip "
-                    "such steps with trainer.skip_nonfinite=true"
-                )
-            position.skipped += 1
+            _skip(training, position, buffers, loss_value, max_skipped)
             continue
 
         training.optimizer.zero_grad(set_to_none=True)
@@ -229,5 +230,43 @@ def train_epoch(training: Training, position: Position, skip_nonfinite: bool) ->
         training.optimizer.step()
         training.scheduler.step()
         position.step += 1
+        position.skipped_in_a_row = 0
         yield Step(position.step, loss_value, accuracy, lr)
     position.epoch, position.batch = position.epoch + 1, 0
+
+
+def _share_loss(loss_fn: nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
+    """The mean loss of this rank's share of the batch (in float32); an empty share, which
+    torchrun gives a rank when a batch has fewer images than ranks, adds a zero."""
+    if not len(labels):
+        return logits.float().sum() * 0.0
+    return loss_fn(logits.float(), labels)
+
+
+def _denominator(loss_fn: nn.Module, labels: Tensor) -> Tensor | int:
+    """What the loss's mean divides by: the sample count, or its targets' class weights."""
+    weight = getattr(loss_fn, "weight", None)
+    return len(labels) if weight is None else weight[labels].sum()
+
+
+def _skip(
+    training: Training, position: Position, buffers: list[Tensor], loss: float, max_skipped: int
+) -> None:
+    """Skip the batch just taken, undoing what its forward pass changed, or stop training."""
+    where = f"step {position.step + 1} (epoch {position.epoch + 1}, batch {position.batch})"
+    if not max_skipped:
+        raise NonFiniteLoss(
+            f"the loss is {loss} at {where}: lower optimizer.lr, or skip such steps with "
+            "trainer.skip_nonfinite=true"
+        )
+    position.skipped += 1
+    position.skipped_in_a_row += 1
+    if position.skipped_in_a_row > max_skipped:
+        raise NonFiniteLoss(
+            f"the loss is {loss} at {where}, the {position.skipped_in_a_row}th non-finite loss "
+            f"in a row (trainer.max_skipped_in_a_row={max_skipped}): training has diverged; "
+            "lower optimizer.lr"
+        )
+    for buffer, saved in zip(training.model.buffers(), buffers, strict=True):
+        buffer.copy_(saved)  # BatchNorm's running statistics, as before the bad batch
+    training.scheduler.step()  # the schedule follows the batches, taken or skipped

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fmnist import checkpoint, data, engine, runs
 from fmnist.errors import UserError, reports_user_errors
-from fmnist.files import write_atomically
+from fmnist.files import write_text_atomically
 from fmnist.loaders import DeviceLoader, split_train_val
 from fmnist.losses import softmax
 from fmnist.report import figures, text
@@ -209,7 +209,7 @@ def write_outputs(
         for name, fig in drawn.items():
             figures.save_figure(fig, run_dir / name)
         results = json.dumps(r, indent=2) + "\n"
-        write_atomically(run_dir / "eval.json", lambda tmp: tmp.write_text(results))
+        write_text_atomically(run_dir / "eval.json", results)
     except BaseException:
         for path in set(run_dir.iterdir()) - before:  # no half set of outputs
             path.unlink(missing_ok=True)

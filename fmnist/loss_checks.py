@@ -49,9 +49,13 @@ def check_weight(weight: Tensor | None, num_classes: int) -> None:
 
 
 def check_class_targets(
-    target: Tensor, expected_shape: tuple[int, ...], num_classes: int, ignore_index: int
+    target: Tensor, expected_shape: tuple[int, ...], num_classes: int, ignore_index: int | None
 ) -> Tensor | None:
-    """Validate class-index targets; return the mask of ignored targets (None if there are none)."""
+    """Validate class-index targets; return the mask of ignored targets (None if there are none).
+
+    `ignore_index=None`: no target is ignored, so every one must be a class (a -100 would
+    otherwise index from the end of the classes, or past them).
+    """
     if target.dtype not in (torch.int64, torch.uint8):
         raise TypeError(
             f"class-index targets must be int64 (torch.long), got {target.dtype}; for class "
@@ -65,15 +69,20 @@ def check_class_targets(
     if target.numel() == 0:
         return None
     lo, hi = (v.item() for v in torch.aminmax(target))
-    if lo >= 0 and hi < num_classes and not 0 <= ignore_index < num_classes:
+    ignores_a_class = ignore_index is not None and 0 <= ignore_index < num_classes
+    if lo >= 0 and hi < num_classes and not ignores_a_class:
         return None  # the common case: every target valid, none ignored
-    ignored = target == ignore_index
+    if ignore_index is None:
+        ignored = torch.zeros_like(target, dtype=torch.bool)
+    else:
+        ignored = target == ignore_index
     bad = ~ignored & ((target < 0) | (target >= num_classes))
     if bad.any():
         value = target[bad][0].item()
+        allowed = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(
             f"target {value} is out of range: class indices must be in "
-            f"[0, {num_classes - 1}] (or ignore_index={ignore_index})"
+            f"[0, {num_classes - 1}]{allowed}"
         )
     return ignored if ignored.any() else None
 

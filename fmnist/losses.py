@@ -447,7 +447,7 @@ def cross_entropy_from_probs(probs: Tensor, target: Tensor, reduction: str = "me
     unbatched = probs.dim() == 1
     q = probs.unsqueeze(0) if unbatched else probs
     t = target.reshape(1) if unbatched and target.dim() == 0 else target
-    check_class_targets(t, (q.shape[0],), q.shape[1], ignore_index=-100)
+    check_class_targets(t, (q.shape[0],), q.shape[1], ignore_index=None)
     check_distribution(q, "probs" if unbatched else "probs row {row}")
 
     losses = -q[torch.arange(q.shape[0]), t.long()].log()  # -log q_i[y_i]

@@ -1,40 +1,92 @@
-"""Run directories: where a run writes, which run a resume continues, and what a run carries
-across an interruption (RNG states) or stops on (signals).
+"""Run directories: where a run or a sweep writes, and which one a resume continues.
 
-Hydra creates the run directory, writes `.hydra/` and starts `train.log` before our code runs, so
-the directory is chosen just before that, by `RunDirectory`, a Hydra callback that train.yaml
-installs (`hydra.callbacks`): it validates the config, then picks a new directory or, with
-`trainer.resume=auto` or `ckpt_path`, the run being continued, and sets `hydra.run.dir` to it.
-Nothing is decided while the config is merely resolved, so `--cfg job` and `--help` stay cheap.
+Hydra creates a run's directory, writes `.hydra/` and starts its log before our code runs, so
+the directory is chosen just before, by the Hydra callbacks the top configs install
+(`hydra.callbacks`). `OutputDirectory` gives every command a directory of its own, created
+atomically (`<time>`, else `<time>_2`, ...), so runs started in the same second never share
+one. `RunDirectory`, for training, first validates the config, then picks a new directory or
+the run being continued (`trainer.resume=auto`, `ckpt_path`, or a restart by torchrun), and for
+a sweep (`-m`) a new sweep directory or the unfinished sweep being resumed. A run or sweep in
+progress holds a lock on its directory, so a resume never picks one that another process is
+still writing. Nothing is decided while the config is merely resolved: `--cfg job` stays cheap.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
+import functools
+import os
 import shutil
-import signal
-from collections.abc import Iterator
+import sys
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fmnist import checkpoint, distributed
 from fmnist.config import flatten, validate
-from fmnist.engine import Metrics, Position, Training
 from fmnist.errors import UserError, reports_user_errors
-from fmnist.files import write_atomically
 
 IGNORED_WHEN_RESUMING = ("trainer.resume", "ckpt_path")
+LOCK = ".lock"
+_held: list[int] = []  # the lock files this process holds, open until it exits
 
 
 # --------------------------------------------------------------------------------------------
-# Choosing the run directory
+# Directories of their own, and locks
+# --------------------------------------------------------------------------------------------
+
+
+def new_directory(path: Path) -> Path:
+    """Create `path`, or `path_2`, `path_3`, ... if taken: atomically, so that commands started
+    at the same moment never share a directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in count(1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def claim(directory: Path) -> bool:
+    """Lock `directory` for this process until it exits; False if another process holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held.append(fd)
+    return True
+
+
+def claimed(directory: Path, what: str) -> Path:
+    """`claim(directory)`, or the one-line error saying another process is writing it."""
+    if not claim(directory):
+        holder = (directory / LOCK).read_text().strip() or "?"
+        raise UserError(
+            f"{directory} is in use by another process (pid {holder}): wait for it, or stop it "
+            f"before continuing this {what}"
+        )
+    return directory
+
+
+# --------------------------------------------------------------------------------------------
+# Which run a resume continues
 # --------------------------------------------------------------------------------------------
 
 
@@ -71,71 +123,216 @@ def check_same_config(state: dict[str, Any], config: dict, source: Path) -> None
         )
 
 
-def newest_unfinished(parent: Path, config: dict) -> Path:
-    """The newest run under `parent` with this config that has a checkpoint and no metrics."""
+def restarted() -> bool:
+    """Whether torchrun restarted this worker group after a failure (`--max-restarts`)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def may_restart() -> bool:
+    """Whether torchrun would restart this worker group after a failure."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+
+
+def newest_unfinished(parent: Path, config: dict) -> Path | None:
+    """Claim and return the newest run under `parent` with this config that has a checkpoint,
+    no metrics.json, and no process writing it; None if there is none."""
     newest_first = sorted(
         parent.glob("*/checkpoints/last.pt"), key=lambda path: path.stat().st_mtime, reverse=True
     )
-    unfinished = [path for path in newest_first if not finished(path.parent.parent)]
-    matching = [
-        path.parent.parent
-        for path in unfinished
-        if config_difference(checkpoint.load(path)["config"], config) is None
-    ]
-    if not matching:
-        raise UserError(
-            f"trainer.resume=auto found nothing to resume: no unfinished run under {parent} "
-            f"with this config ({len(unfinished)} unfinished with another); start a new run "
-            "without trainer.resume, or pass ckpt_path=..."
-        )
-    return matching[0]
+    for path in newest_first:
+        run_dir = path.parent.parent
+        if finished(run_dir) or config_difference(checkpoint.load(path)["config"], config):
+            continue
+        if claim(run_dir):
+            return run_dir
+    return None
 
 
-def run_dir_for(config: dict, new_dir: str) -> str:
-    """Where a run writes: `new_dir` for a new run, or the directory of the run it continues.
+def run_dir_for(config: dict, new_dir: Path, chosen_by_user: bool) -> Path:
+    """Where a run writes: a new directory, or the directory of the run it continues.
 
-    `trainer.resume=auto` continues the newest unfinished run with the same config under
-    `new_dir`'s parent, and `ckpt_path=...` the run holding that checkpoint, so a resumed run
-    appends to its own directory and TensorBoard series.
+    `ckpt_path=...` continues the run holding that checkpoint; `trainer.resume=auto` (and every
+    torchrun restart) the newest unfinished run with the same config under `new_dir`'s parent,
+    so a resumed run appends to its own directory and TensorBoard series. The first attempt of
+    a torchrun group that may be restarted starts a new run when there is nothing to resume.
+    `chosen_by_user`: `new_dir` is the user's `hydra.run.dir`, used as it is.
     """
+    resuming = config["trainer"]["resume"] == "auto" or restarted()
     if config["ckpt_path"]:
         path = checkpoint.resolve(config["ckpt_path"], "last.pt")
         check_same_config(checkpoint.load(path), config, path)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    elif config["trainer"]["resume"] == "auto":
-        run_dir = newest_unfinished(Path(new_dir).parent, config)
+    elif resuming and chosen_by_user:
+        if not (new_dir / "checkpoints" / "last.pt").exists() and not may_restart():
+            raise UserError(
+                f"trainer.resume=auto found nothing to resume in {new_dir}: it has no "
+                "checkpoints/last.pt; start a new run without trainer.resume"
+            )
+        return claimed(new_dir, "run")
+    elif resuming:
+        run_dir = newest_unfinished(new_dir.parent, config)
+        if run_dir is None and may_restart():  # nothing yet: a restart will resume this new run
+            return claimed(new_directory(new_dir), "run")
+        if run_dir is None:
+            raise UserError(
+                f"trainer.resume=auto found nothing to resume: no unfinished run under "
+                f"{new_dir.parent} with this config that no other process is writing; start a "
+                "new run without trainer.resume, or pass ckpt_path=..."
+            )
+        return run_dir
     else:
-        return distributed.agree(new_dir)  # under torchrun, rank 0's timestamp for all
+        return claimed(new_dir if chosen_by_user else new_directory(new_dir), "run")
     if finished(run_dir):
         raise UserError(f"{run_dir} has finished (metrics.json exists): nothing to resume")
-    return distributed.agree(str(run_dir))
+    return claimed(run_dir, "run")
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint this run continues from, if any (see `run_dir_for`)."""
+    """The checkpoint this run continues from, if any (`run_dir_for` chose `run_dir`)."""
     if cfg.ckpt_path:
         return checkpoint.resolve(cfg.ckpt_path, "last.pt")
-    if cfg.trainer.resume == "auto":
-        return run_dir / "checkpoints" / "last.pt"
+    last = run_dir / "checkpoints" / "last.pt"
+    resuming = cfg.trainer.resume == "auto" or restarted()
+    return last if resuming and last.exists() else None
+
+
+def resumed_sweep_job_finished(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether this is a job of a resumed sweep that finished before: it is kept, not rerun."""
+    return cfg.trainer.resume == "auto" and in_sweep() and finished(run_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Which sweep a resume continues
+# --------------------------------------------------------------------------------------------
+
+
+def _sweep_overrides(overrides: list[str]) -> list[str]:
+    return [item for item in overrides if item.split("=", 1)[0] not in IGNORED_WHEN_RESUMING]
+
+
+def _job_count(overrides: list[str]) -> int:
+    """How many jobs a sweep with these overrides runs (`loss=a,b seed=0,1,2`: 6)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
+def sweep_finished(sweep_dir: Path, overrides: list[str]) -> bool:
+    jobs = [path for path in sweep_dir.iterdir() if (path / ".hydra").is_dir()]
+    return sum(finished(job) for job in jobs) >= _job_count(overrides)
+
+
+def newest_unfinished_sweep(parent: Path, overrides: list[str]) -> Path | None:
+    """Claim and return the newest sweep under `parent` run with these overrides that has jobs
+    left to finish and no process running it; None if there is none."""
+    wanted = _sweep_overrides(overrides)
+    saved = sorted(parent.glob("*/multirun.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in saved:
+        sweep_overrides = list(OmegaConf.load(path).hydra.overrides.task)
+        if _sweep_overrides(sweep_overrides) != wanted:
+            continue
+        if not sweep_finished(path.parent, wanted) and claim(path.parent):
+            return path.parent
     return None
 
 
-def _overridden(config: DictConfig, key: str) -> bool:
+def sweep_dir_for(overrides: list[str], new_dir: Path, chosen_by_user: bool) -> Path:
+    """Where a sweep writes: a new directory, or with `trainer.resume=auto` the newest
+    unfinished sweep with the same overrides (its finished jobs are kept, the others continue
+    from their own last.pt or start)."""
+    if "trainer.resume=auto" not in overrides:
+        return claimed(new_dir if chosen_by_user else new_directory(new_dir), "sweep")
+    if chosen_by_user:
+        return claimed(new_dir, "sweep")
+    sweep_dir = newest_unfinished_sweep(new_dir.parent, overrides)
+    if sweep_dir is None:
+        raise UserError(
+            f"trainer.resume=auto found no unfinished sweep under {new_dir.parent} with these "
+            "overrides that no other process is running; start a new sweep without "
+            "trainer.resume"
+        )
+    return sweep_dir
+
+
+def in_sweep() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+# --------------------------------------------------------------------------------------------
+# The Hydra callbacks, and what a command does with its directory
+# --------------------------------------------------------------------------------------------
+
+
+def stops_the_run(callback: Callable[..., None]) -> Callable[..., None]:
+    """Hydra only warns about an exception in a callback and goes on, which would start the run
+    in a directory nobody chose: a user's mistake ends in its one line, anything else stops."""
+    reporting = reports_user_errors(callback)
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            reporting(*args, **kwargs)
+        except Exception:
+            traceback.print_exc()
+            sys.exit(1)
+
+    return wrapper
+
+
+def _user_choice(config: DictConfig, key: str) -> bool:
     return any(item.split("=", 1)[0] == key for item in config.hydra.overrides.hydra)
 
 
-class RunDirectory(Callback):
-    """Validate a single run's config, then choose its directory (Hydra creates it next)."""
+def _on_main(decide: Callable[[], Path]) -> Path:
+    """`decide()` on rank 0 alone (it creates and locks), its result or error on every rank."""
+    result: tuple[str, str] | None = None
+    if distributed.is_main():
+        try:
+            result = ("dir", str(decide()))
+        except UserError as e:
+            result = ("error", str(e))
+    kind, value = distributed.agree(result)
+    if kind == "error":
+        raise UserError(value)
+    return Path(value)
 
-    @reports_user_errors
+
+def _set(config: DictConfig, key: str, directory: Path) -> None:
+    """Point `hydra.<key>` at `directory`, for this config and for the jobs composed from it."""
+    with read_write(config), open_dict(config):
+        OmegaConf.update(config, f"hydra.{key}", str(directory))
+        overrides = [o for o in config.hydra.overrides.hydra if not o.startswith(f"hydra.{key}=")]
+        config.hydra.overrides.hydra = [*overrides, f"hydra.{key}={directory}"]
+
+
+class OutputDirectory(Callback):
+    """Give a command's run a new directory of its own (unless the user named one)."""
+
+    @stops_the_run
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _user_choice(config, "hydra.run.dir"):
+            _set(config, "run.dir", _on_main(lambda: new_directory(Path(config.hydra.run.dir))))
+
+
+class RunDirectory(Callback):
+    """Validate a training run's config, then choose its directory or its sweep's."""
+
+    @stops_the_run
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         validate(job)
-        if _overridden(config, "hydra.run.dir"):  # the user's own choice stands
-            return
-        chosen = run_dir_for(OmegaConf.to_container(job, resolve=True), config.hydra.run.dir)
-        with read_write(config), open_dict(config):
-            config.hydra.run.dir = chosen
+        job = OmegaConf.to_container(job, resolve=True)
+        chosen_by_user = _user_choice(config, "hydra.run.dir")
+        new_dir = Path(config.hydra.run.dir)
+        _set(config, "run.dir", _on_main(lambda: run_dir_for(job, new_dir, chosen_by_user)))
+
+    @stops_the_run
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = list(config.hydra.overrides.task)
+        chosen_by_user = _user_choice(config, "hydra.sweep.dir")
+        new_dir = Path(config.hydra.sweep.dir)
+        _set(config, "sweep.dir", sweep_dir_for(overrides, new_dir, chosen_by_user))
 
 
 def output_dir() -> Path:
@@ -144,15 +341,16 @@ def output_dir() -> Path:
 
 
 def discard_if_unused(run_dir: Path) -> None:
-    """Remove a run directory holding nothing but Hydra's config copy and log, so a command that
-    failed before doing its work leaves no half-made output (a resumed run is never removed)."""
+    """Remove a run directory holding nothing but Hydra's config copy, its log and our lock, so
+    a command that failed before doing its work leaves no half-made output (a resumed run is
+    never removed)."""
     if (
         not run_dir.is_dir()
         or run_dir.resolve() == Path.cwd().resolve()
         or not distributed.is_main()
     ):
         return
-    if all(p.name == ".hydra" or p.name.endswith(".log") for p in run_dir.iterdir()):
+    if all(p.name in (".hydra", LOCK) or p.name.endswith(".log") for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -164,144 +362,3 @@ def removed_if_unused(run_dir: Path) -> Iterator[Path]:
     except BaseException:
         discard_if_unused(run_dir)
         raise
-
-
-# --------------------------------------------------------------------------------------------
-# What a run carries across an interruption, and what stops it
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """How far a run has got, as its checkpoints record it."""
-
-    position: Position = field(default_factory=Position)
-    best_val_acc: float = -1.0
-    train_seconds: float = 0.0
-
-    def summary(self, images_trained: int) -> dict[str, Any]:
-        """The counts and timings metrics.json reports."""
-        return {
-            "epochs": self.position.epoch,
-            "steps": self.position.step,
-            "skipped_steps": self.position.skipped,
-            "train_seconds": round(self.train_seconds, 2),
-            "train_images_per_second": round(images_trained / self.train_seconds, 1),
-        }
-
-
-class Checkpoints:
-    """A run's checkpoints/ directory: its whole training state, saved by rank 0 (`last.pt`,
-    `best.pt`) and restored by every rank."""
-
-    def __init__(self, run_dir: Path, training: Training, config: dict) -> None:
-        self.directory, self.training, self.config = run_dir / "checkpoints", training, config
-        self.every = config["trainer"]["checkpoint_every_steps"]
-        self.writes = distributed.is_main()  # rank 0 alone writes files
-
-    def due(self, step: int) -> bool:
-        """Whether last.pt is also saved after this step (trainer.checkpoint_every_steps)."""
-        return bool(self.every) and step % self.every == 0
-
-    def save_epoch(self, progress: Progress, val: Metrics | None) -> None:
-        """At an epoch's end: last.pt, and best.pt when validation accuracy improved (or when
-        there is no validation split: then the last epoch is the model)."""
-        improved = val is None or val.accuracy > progress.best_val_acc
-        if val:
-            progress.best_val_acc = max(progress.best_val_acc, val.accuracy)
-        metrics = val.as_dict("val") if val else {}
-        self.save("last.pt", progress, progress.train_seconds, metrics)
-        if improved:
-            self.save("best.pt", progress, progress.train_seconds, metrics)
-
-    def save(
-        self, name: str, progress: Progress, train_seconds: float, metrics: dict | None = None
-    ) -> None:
-        if not self.writes:
-            return
-        training = self.training
-        checkpoint.save(
-            self.directory / name,
-            model=training.model.state_dict(),
-            optimizer=training.optimizer.state_dict(),
-            scheduler=training.scheduler.state_dict(),
-            position=vars(progress.position).copy(),
-            epoch=progress.position.epoch,
-            step=progress.position.step,
-            rng=rng_states(),
-            best_val_acc=progress.best_val_acc,
-            train_seconds=train_seconds,
-            config=self.config,
-            precision="bf16" if training.compute.bf16 else "32",  # evaluation must match it
-            metrics=metrics or {},
-        )
-
-    def restore(self, source: Path) -> Progress:
-        """Continue from the checkpoint `source`: weights, optimizer, schedule, RNG, position."""
-        training = self.training
-        state = checkpoint.load(source, training.compute.device)
-        check_same_config(state, self.config, source)
-        training.model.load_state_dict(state["model"])
-        training.optimizer.load_state_dict(state["optimizer"])
-        training.scheduler.load_state_dict(state["scheduler"])
-        set_rng_states(state["rng"])
-        return Progress(
-            Position(**state["position"]), state["best_val_acc"], state["train_seconds"]
-        )
-
-    def load_best(self) -> dict[str, Any]:
-        """best.pt (once rank 0 has written it), its weights loaded into the model."""
-        distributed.barrier()
-        best = checkpoint.load(self.directory / "best.pt", self.training.compute.device)
-        self.training.model.load_state_dict(best["model"])
-        return best
-
-    def finish(self, best: dict[str, Any], metrics: dict) -> None:
-        """best.pt gets the run's final metrics, then metrics.json marks the run finished."""
-        if not self.writes:
-            return
-        checkpoint.save(self.directory / "best.pt", **{**best, "metrics": metrics})
-        text = json.dumps(metrics, indent=2) + "\n"
-        write_atomically(self.directory.parent / "metrics.json", lambda tmp: tmp.write_text(text))
-
-    def last_good(self) -> str:
-        last = self.directory / "last.pt"
-        return str(last) if last.exists() else "none written yet"
-
-
-def rng_states() -> dict:
-    """Every random state a training step draws from (the loaders' come from (seed, epoch))."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"torch": torch.get_rng_state(), "cuda": cuda}
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class StopSignals:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (a second one stops at once)."""
-
-    def __enter__(self) -> StopSignals:
-        self.received: int | None = None
-        self.previous = {
-            sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        return self
-
-    def handle(self, signum: int, frame: object) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-class Interrupted(UserError):
-    """Training stopped on a signal, after saving a checkpoint."""
-
-    label = "stopped"

@@ -27,7 +27,7 @@ from fmnist import checkpoint, data, engine, runs
 from fmnist.engine import Compute, predict
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.explain import expansion
-from fmnist.files import write_atomically
+from fmnist.files import write_text_atomically
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
 from fmnist.report import figures
 from fmnist.script_configs import SnapshotConfig, validate_snapshot
@@ -258,7 +258,7 @@ def write_outputs(s: Snapshot, run_dir: Path) -> list[str]:
         figures.save_figure(figure, run_dir / "snapshot.png")
         written.append("snapshot.png")
     text = json.dumps(s.as_dict(), indent=2) + "\n"
-    write_atomically(run_dir / "snapshot.json", lambda tmp: tmp.write_text(text))
+    write_text_atomically(run_dir / "snapshot.json", text)
     return ["snapshot.json", *written]
 
 

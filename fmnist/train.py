@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from fmnist import distributed, runs
+from fmnist import distributed, run_state, runs
 from fmnist.config import flatten, validate
 from fmnist.engine import Compute, NonFiniteLoss, Training, evaluate, train_epoch
 from fmnist.errors import UserError, reports_user_errors
@@ -27,6 +28,9 @@ def main(cfg: DictConfig) -> float:
     """`scripts/train.py`: validate, train in Hydra's run directory, return test accuracy."""
     with runs.removed_if_unused(runs.output_dir()) as run_dir:
         validate(cfg)
+        if runs.resumed_sweep_job_finished(cfg, run_dir):
+            log.info("%s finished before this sweep was resumed: kept as it is", run_dir)
+            return json.loads((run_dir / "metrics.json").read_text())["test_acc"]
         return train(cfg, run_dir)["test_acc"]
 
 
@@ -38,7 +42,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """
     settings, config = cfg.trainer, OmegaConf.to_container(cfg, resolve=True)
     training = build(cfg)
-    checkpoints, progress = runs.Checkpoints(run_dir, training, config), runs.Progress()
+    checkpoints, progress = run_state.Checkpoints(run_dir, training, config), run_state.Progress()
     source = runs.resume_point(cfg, run_dir)
     if source:
         progress = checkpoints.restore(source)
@@ -46,15 +50,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     resumed_at = position.step if source else None
     with (
         TrainingReport(run_dir, settings.progress, distributed.is_main(), resumed_at) as report,
-        runs.StopSignals() as stop,
+        run_state.StopSignals() as stop,
     ):
         report.start(training, source, position)
         for _ in report.epochs(position, settings.max_epochs):
             start = time.perf_counter()
-            steps = train_epoch(training, position, settings.skip_nonfinite)
+            max_skipped = settings.max_skipped_in_a_row if settings.skip_nonfinite else 0
+            steps = train_epoch(training, position, max_skipped)
             try:
                 for step in report.steps(steps, position, len(data.train)):
-                    stopping = distributed.any_(stop.received is not None)  # all ranks together
+                    stopping = distributed.any_(stop.received is not None, training.compute.device)
                     if stopping or checkpoints.due(step.number):
                         elapsed = progress.train_seconds + time.perf_counter() - start
                         checkpoints.save("last.pt", progress, elapsed)
@@ -91,12 +96,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def interrupted(signum: int | None, step: int, checkpoints: runs.Checkpoints) -> runs.Interrupted:
+def interrupted(
+    signum: int | None, step: int, checkpoints: run_state.Checkpoints
+) -> run_state.Interrupted:
     """The one line a stopped run ends with: where it saved, and how to continue."""
     signum = signum or signal.SIGTERM  # another rank received it
-    return runs.Interrupted(
+    again = "-m <the same sweep> " if runs.in_sweep() else ""
+    return run_state.Interrupted(
         f"{signal.Signals(signum).name} at step {step}: saved {checkpoints.directory / 'last.pt'}; "
-        "continue with `python scripts/train.py trainer.resume=auto` (same overrides)",
+        f"continue with `python scripts/train.py {again}trainer.resume=auto` (same overrides)",
         exit_code=128 + signum,
     )
 
@@ -138,6 +146,7 @@ def build(cfg: DictConfig) -> Training:
             )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = compute.place(model)
+    distributed.seed_per_rank(cfg.seed)  # from here on, each rank its own dropout masks
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=settings.max_epochs * len(data.train)

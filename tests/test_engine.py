@@ -1,12 +1,25 @@
-"""Test-time augmentation: the views it averages over, and the logits it returns."""
+"""The engine: test-time augmentation (its views, the logits it returns) and the step loop's
+handling of non-finite losses."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from fmnist import data
-from fmnist.engine import SHIFTS, Compute, predict, tta_views
+from fmnist.benchmark import compose_train
+from fmnist.engine import (
+    SHIFTS,
+    Compute,
+    NonFiniteLoss,
+    Position,
+    evaluate,
+    predict,
+    train_epoch,
+    tta_views,
+)
+from fmnist.train import build
 
 CPU32 = Compute(torch.device("cpu"), bf16=False, channels_last=False)
 
@@ -35,3 +48,64 @@ def test_predict_averages_the_logits_of_every_view():
     for tta in ("flip", "flip_shift"):
         expected = torch.stack([model(v) for v in tta_views(images, tta)]).mean(0)
         torch.testing.assert_close(predict(model, images, CPU32, tta), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Skipping non-finite steps (trainer.skip_nonfinite)
+# --------------------------------------------------------------------------------------------
+
+
+class PoisonedBatches:
+    """The smoke run's training loader, with the images of some batches (1-based) made NaN."""
+
+    def __init__(self, loader, poisoned: set[int]) -> None:
+        self.loader, self.poisoned = loader, poisoned
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int = 0, start_batch: int = 0):
+        for number, (images, labels) in enumerate(self.loader.epoch(epoch, start_batch), 1):
+            yield (images * float("nan") if number in self.poisoned else images), labels
+
+
+def poisoned_training(poisoned: set[int]):
+    training = build(compose_train(["experiment=smoke", "trainer.deterministic=true"]))
+    training.data.train = PoisonedBatches(training.data.train, poisoned)
+    return training
+
+
+def test_skipped_steps_leave_a_usable_model_and_the_schedule_in_step(data_root):
+    """NaN images in batches 3 and 4 of each epoch: those steps are skipped; BatchNorm counts
+    and statistics are as if the batches never came, and the schedule still ends at 0."""
+    training, position = poisoned_training({3, 4}), Position()
+    for _ in range(2):
+        steps = list(train_epoch(training, position, max_skipped=10))
+        assert len(steps) == 6
+    assert position.skipped == 4 and position.step == 12
+    for buffer in training.model.buffers():  # NaN running statistics if the batches counted
+        assert torch.isfinite(buffer.float()).all()
+    tracked = [b for name, b in training.model.named_buffers() if "num_batches_tracked" in name]
+    assert tracked and all(count.item() == 12 for count in tracked)
+    assert training.scheduler.last_epoch == 16  # every batch, taken or skipped
+    assert training.optimizer.param_groups[0]["lr"] == 0.0
+    # A usable model: NaN statistics would predict class 0 for everything (10%).
+    val = evaluate(training.model, training.data.val, training.compute)
+    assert val.accuracy > 0.3, val.accuracy
+
+
+def test_too_many_skips_in_a_row_stop_training(data_root):
+    training, position = poisoned_training(set(range(2, 9))), Position()  # 7 bad in a row
+    with pytest.raises(NonFiniteLoss, match=r"the 4th non-finite loss in a row \(trainer"):
+        list(train_epoch(training, position, max_skipped=3))
+    assert position.skipped == 4 and position.step == 1
+
+
+def test_without_skipping_a_non_finite_loss_stops_at_once(data_root):
+    training, position = poisoned_training({2}), Position()
+    with pytest.raises(
+        NonFiniteLoss,
+        match=r"the loss is nan at step 2 \(epoch 1, batch 2\): .* trainer.skip_nonfinite=true",
+    ):
+        list(train_epoch(training, position))
+    assert position.step == 1

@@ -451,6 +451,16 @@ ERRORS = [
         ValueError,
         r"target 10 is out of range: class indices must be in \[0, 9\]",
     ),
+    (  # -100 is no class: it is refused, not read as class 0 or from the end
+        lambda: cross_entropy_from_probs(torch.tensor([0.2, 0.3, 0.5]), torch.tensor(-100)),
+        ValueError,
+        r"^target -100 is out of range: class indices must be in \[0, 2\]$",
+    ),
+    (
+        lambda: cross_entropy_from_probs(torch.full((2, 200), 0.005), torch.tensor([3, -100])),
+        ValueError,
+        r"^target -100 is out of range: class indices must be in \[0, 199\]$",
+    ),
     (
         lambda: cross_entropy_from_probs(torch.tensor([1, 0]), torch.tensor(0)),
         TypeError,

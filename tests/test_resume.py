@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, SMOKE, run_script, scalars
 
-pytestmark = pytest.mark.slow
+from fmnist.run_state import Interrupted, StopSignals
 
 SMALL = [SMOKE, "trainer.deterministic=true", "trainer.checkpoint_every_steps=1"]
 STEPS = 16  # 1024 / 128 = 8 steps per epoch, 2 epochs
@@ -58,6 +58,7 @@ def uninterrupted(data_root, tmp_path_factory) -> Path:
     return only_run(cwd)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     process = start(tmp_path)
     wait_for_step(tmp_path, random.randint(2, STEPS - 4), process)
@@ -83,6 +84,7 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     assert [step for step, _ in scalars(run_dir)] == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
     process = start(tmp_path)
     wait_for_step(tmp_path, 3, process)
@@ -100,6 +102,7 @@ def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
     assert [s for s, _ in scalars(only_run(tmp_path))] == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused(uninterrupted, tmp_path):
     process = start(tmp_path)
     wait_for_step(tmp_path, 2, process)
@@ -118,6 +121,7 @@ def test_resume_with_another_config_is_refused(uninterrupted, tmp_path):
     assert len(list(tmp_path.glob("outputs/runs/*"))) == 1
 
 
+@pytest.mark.slow
 def test_nothing_to_resume_leaves_no_directory(data_root, tmp_path):
     result = run_script("scripts/train.py", *SMALL, "trainer.resume=auto", cwd=tmp_path)
     assert result.returncode == 2
@@ -126,6 +130,7 @@ def test_nothing_to_resume_leaves_no_directory(data_root, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_the_kept_checkpoint(data_root, tmp_path):
     result = run_script("scripts/train.py", *SMALL, "optimizer.lr=1e30", cwd=tmp_path)
     assert result.returncode == 2
@@ -136,16 +141,40 @@ def test_nan_loss_stops_with_the_step_and_the_kept_checkpoint(data_root, tmp_pat
     assert not (only_run(tmp_path) / "metrics.json").exists()
 
 
-def test_skip_nonfinite_counts_the_skipped_steps(data_root, tmp_path):
+@pytest.mark.slow
+def test_skip_nonfinite_gives_up_on_a_diverged_run_in_one_line(data_root, tmp_path):
+    """lr=1e30 makes every step non-finite: skipping cannot help, so the run stops after
+    trainer.max_skipped_in_a_row of them, saying so (tests/test_engine.py: a usable model when
+    only some steps are skipped)."""
     result = run_script(
-        "scripts/train.py", *SMALL, "optimizer.lr=1e30", "trainer.skip_nonfinite=true", cwd=tmp_path
+        "scripts/train.py",
+        *SMALL,
+        "optimizer.lr=1e30",
+        "trainer.skip_nonfinite=true",
+        "trainer.max_skipped_in_a_row=3",
+        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((only_run(tmp_path) / "metrics.json").read_text())
-    assert metrics["skipped_steps"] > 0
-    assert metrics["steps"] + metrics["skipped_steps"] == STEPS
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert "the 4th non-finite loss in a row (trainer.max_skipped_in_a_row=3)" in message
+    assert "last good checkpoint: " in message and "Traceback" not in result.stderr
+    assert not (only_run(tmp_path) / "metrics.json").exists()
 
 
+def test_a_second_signal_stops_at_once_in_one_line():
+    """The first SIGINT asks for a stop after the step; a second one stops right away."""
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(Interrupted) as second:
+            os.kill(os.getpid(), signal.SIGINT)
+    assert second.value.exit_code == 128 + signal.SIGINT
+    assert str(second.value).startswith("a second SIGINT: stopped at once, without saving; ")
+    assert "trainer.resume=auto" in str(second.value) and "\n" not in str(second.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+@pytest.mark.slow
 def test_unwritable_checkpoint_directory_is_one_clear_line(data_root, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

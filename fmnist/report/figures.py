@@ -29,7 +29,7 @@ def pyplot():
 
 def save_figure(fig, path: Path) -> None:
     try:
-        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+        write_atomically(path, lambda f: fig.savefig(f, format="png"), "figure")
     finally:
         pyplot().close(fig)
 
