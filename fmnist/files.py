@@ -1,10 +1,12 @@
-"""Atomic file writes: a temporary file beside the target, then a rename."""
+"""Atomic file writes: a temporary file beside the target, then a rename; and sets of files that
+are written whole or not at all."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fmnist.errors import UserError
@@ -31,3 +33,17 @@ def write_atomically(path: Path, write: Callable[[Path], object], what: str = ""
     finally:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def all_or_nothing(directory: Path) -> Iterator[Path]:
+    """Files the block creates in `directory` are removed again if it fails, so a command's set of
+    outputs is whole or absent (files that were there before are left alone)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.iterdir())
+    try:
+        yield directory
+    except BaseException:
+        for path in set(directory.iterdir()) - before:
+            path.unlink(missing_ok=True)
+        raise
