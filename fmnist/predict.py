@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -156,9 +157,11 @@ def read_picture(path: Path) -> Image.Image:
                 image.load()
                 return ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise UserError(
-            f"{path} is too large to decode safely ({str(e).split(',')[0]}; Pillow's "
-            f"decompression-bomb limit is {Image.MAX_IMAGE_PIXELS} pixels): resize it to a few "
+            f"{path} is too large to decode safely ({size}; Pillow refuses more than "
+            f"{Image.MAX_IMAGE_PIXELS:,} as a possible decompression bomb): resize it to a few "
             "megapixels first"
         ) from None
     except UnidentifiedImageError:
@@ -166,7 +169,8 @@ def read_picture(path: Path) -> Image.Image:
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
-            f"{path} could not be read ({reason}): is it truncated or damaged? save it again"
+            f"{path} could not be read ({reason}): the file is damaged or incomplete; save or "
+            "copy it again"
         ) from None
 
 
