@@ -99,6 +99,23 @@ def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdie
         p["inverted"] == (Path(p["file"]).parent.name != "png") for p in saved["predictions"]
     )
 
+    # Unprepared, the canvas pictures are all one class (the complaint that every photo is a
+    # "Bag"), and every one of them is flagged as unlike the training images.
+    raw, unprepared = predict_with(
+        sturdier_run,
+        f"images=[{tmp_path / 'canvas'}]",
+        "prepare.invert=false",
+        "prepare.crop=false",
+        out=tmp_path / "raw",
+    )
+    assert raw.returncode == 0, raw.stderr
+    rows = unprepared["predictions"]
+    correct = sum(p["top"][0]["class"] == labels[int(Path(p["file"]).stem)].item() for p in rows)
+    classes = {p["top"][0]["name"] for p in rows}
+    print(f"unprepared canvas: accuracy {correct / COUNT:.4f}, predicted {classes}")
+    assert correct / COUNT < 0.5
+    assert all(any("unlike the training images" in d for d in p["doubts"]) for p in rows)
+
 
 # --------------------------------------------------------------------------------------------
 # The report and the files, with the session's smoke run
