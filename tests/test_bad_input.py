@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import onnx
@@ -69,6 +70,10 @@ def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     onnx.save(onnx.helper.make_model(graph), made["foreign_onnx"])
+    made["torchscript"] = str(base / "model.torchscript.pt")
+    with warnings.catch_warnings():  # PyTorch deprecates TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), made["torchscript"])
     return made
 
 
@@ -181,6 +186,11 @@ CASES = [
         "{foreign_onnx} is an ONNX model but not one exported by fmnist",
     ),
     (PREDICT, ["ckpt_path={smoke_ckpt}", "images=[{picture}]", "target=robe"], "target=robe"),
+    (
+        PREDICT,
+        ["ckpt_path={torchscript}", "images=[{picture}]"],
+        "{torchscript} is a TorchScript module, not an fmnist checkpoint",
+    ),
     (EXPORT, [], "ckpt_path is required"),
     (EXPORT, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
     (EXPORT, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
