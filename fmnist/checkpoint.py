@@ -72,6 +72,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             "weights only and never runs code from a file)"
         ) from None
     except Exception as e:  # garbage makes the weights-only unpickler raise almost anything
+        if "TorchScript" in str(e):
+            raise UserError(
+                f"{path} is a TorchScript module, not an fmnist checkpoint: give the checkpoint "
+                "it was exported from (or, to predict.py, an .onnx export)"
+            ) from None
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
             f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}"

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fmnist import checkpoint, data, engine, runs
 from fmnist.errors import UserError, reports_user_errors
-from fmnist.files import write_text_atomically
+from fmnist.files import all_or_nothing, write_text_atomically
 from fmnist.loaders import DeviceLoader, split_train_val
 from fmnist.losses import softmax
 from fmnist.report import figures, text
@@ -190,13 +190,11 @@ def write_outputs(
 ) -> list[str]:
     """Figures, optional TensorBoard events, then eval.json last: a run directory that holds
     eval.json holds everything."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    before = set(run_dir.iterdir())
     drawn = {"confusion.png": figures.evaluation_confusion(r)}
     if r["confidently_wrong"]:
         drawn["wrong.png"] = figures.wrong_grid(r, split.images)
     r["files"] = {name.replace(".", "_"): name for name in drawn}
-    try:
+    with all_or_nothing(run_dir):  # no half set of outputs
         if tensorboard:
             step = r["step"] if isinstance(r["step"], int) else 0
             with TensorBoard(run_dir) as board:
@@ -210,10 +208,6 @@ def write_outputs(
             figures.save_figure(fig, run_dir / name)
         results = json.dumps(r, indent=2) + "\n"
         write_text_atomically(run_dir / "eval.json", results)
-    except BaseException:
-        for path in set(run_dir.iterdir()) - before:  # no half set of outputs
-            path.unlink(missing_ok=True)
-        raise
     return ["eval.json", *drawn, *(["TensorBoard events"] if tensorboard else [])]
 
 

@@ -1,4 +1,5 @@
-"""Durable, atomic file writes: a temporary file beside the target, fsynced, then renamed over it.
+"""Durable, atomic file writes: a temporary file beside the target, fsynced, then renamed over it;
+and sets of files that are written whole or not at all.
 
 A crash, a kill or a full disk never leaves a file half-written, and whatever was there before
 stays intact until the new version is complete on disk. Files get the permissions the umask
@@ -10,7 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,3 +86,17 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str 
 def write_text_atomically(path: Path, text: str, what: str = "") -> None:
     """`write_atomically` for text (UTF-8)."""
     write_atomically(path, lambda f: f.write(text.encode()), what)
+
+
+@contextmanager
+def all_or_nothing(directory: Path) -> Iterator[Path]:
+    """Files the block creates in `directory` are removed again if it fails, so a command's set of
+    outputs is whole or absent (files that were there before are left alone)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.iterdir())
+    try:
+        yield directory
+    except BaseException:
+        for path in set(directory.iterdir()) - before:
+            path.unlink(missing_ok=True)
+        raise

@@ -1,5 +1,6 @@
-"""The configurations of the commands that use a model (evaluate, snapshot), with their defaults
-and rules, written once; configs/<command>.yaml adds only Hydra's settings and usage notes.
+"""The configurations of the commands that use a model (evaluate, snapshot, predict, export),
+with their defaults and rules, written once; configs/<command>.yaml adds only Hydra's settings and
+usage notes.
 
 As in fmnist.config, Hydra checks types and keys while composing, and `validate` builds the
 dataclass, whose `__post_init__` raises the first bad value as one `UserError` line.
@@ -66,13 +67,21 @@ class EvaluateConfig:
         )
 
 
+def required(cfg: DictConfig, key: str, usage: str) -> None:
+    """`key` must be given: else one line showing how (`usage`)."""
+    if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, "", []):
+        raise UserError(f"{key} is required: {usage}")
+
+
+CHECKPOINT_USAGE = (
+    "ckpt_path=outputs/runs/<time> (a run directory, for its checkpoints/best.pt) or "
+    "ckpt_path=<file>.pt"
+)
+
+
 def validate_evaluate(cfg: DictConfig) -> EvaluateConfig:
     """Check every range and choice; the first problem is raised as a one-line `UserError`."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-        raise UserError(
-            "ckpt_path is required: python scripts/evaluate.py ckpt_path=outputs/runs/<time> "
-            "(a run directory, for its checkpoints/best.pt) or ckpt_path=<file>.pt"
-        )
+    required(cfg, "ckpt_path", f"python scripts/evaluate.py {CHECKPOINT_USAGE}")
     return OmegaConf.to_object(cfg)
 
 
@@ -139,6 +148,98 @@ def validate_snapshot(cfg: DictConfig) -> SnapshotConfig:
     return OmegaConf.to_object(cfg)
 
 
+# --------------------------------------------------------------------------------------------
+# scripts/predict.py
+# --------------------------------------------------------------------------------------------
+
+INVERT_MODES = ("auto", "true", "false")
+
+
+def _squashed(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def class_index(key: str, value: Any) -> int | None:
+    """A class given as an index 0..9 or a name, in any case and spacing: `coat`, `Ankle_boot`,
+    `t-shirt` (either half of T-shirt/top names it). None stays None."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        _check_class(key, value)
+        return value
+    wanted = _squashed(str(value))
+    for k, name in enumerate(CLASSES):
+        if wanted in {_squashed(name), *(_squashed(part) for part in name.split("/"))}:
+            return k
+    names = ", ".join(f"{k} {name}" for k, name in enumerate(CLASSES))
+    raise UserError(f"{key}={value} is invalid: give a class index or name ({names})")
+
+
+@dataclass
+class PrepareConfig:
+    """How a picture is made Fashion-MNIST-like (the steps: fmnist/prepare.py)."""
+
+    invert: str = "auto"  # auto: when the picture's border is light | true | false
+    crop: bool = True  # trim to the object (plus a small margin) before fitting it into 28x28
+
+    def __post_init__(self) -> None:
+        self.invert = str(self.invert).lower()  # prepare.invert=true arrives as the bool True
+        choose("prepare.invert", self.invert, INVERT_MODES)
+
+
+@dataclass
+class PredictConfig:
+    ckpt_path: str = (
+        MISSING  # required: a checkpoint (.pt file or run directory) or an .onnx export
+    )
+    images: Any = MISSING  # required: image files and directories, images=[a.png,photos/]
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    target: Any = None  # a class, 0..9 or a name (target=coat): adds the cross-entropy lesson
+    device: str = "auto"  # auto | cpu | cuda, for a checkpoint (an .onnx runs on the CPU)
+
+    def __post_init__(self) -> None:
+        paths = self.images if isinstance(self.images, list) else [self.images]
+        require(
+            all(isinstance(path, str | int | float) for path in paths),
+            "images",
+            self.images,
+            "give image files and directories: images=[a.png,photos/]",
+        )
+        self.images = [str(path) for path in paths]
+        self.target = class_index("target", self.target)
+        choose("device", self.device, DEVICES)
+
+
+def validate_predict(cfg: DictConfig) -> PredictConfig:
+    """Check every range and choice; the first problem is raised as a one-line `UserError`."""
+    usage = "python scripts/predict.py ckpt_path=<run dir, .pt or .onnx> images=[a.png,photos/]"
+    required(cfg, "ckpt_path", usage)
+    required(cfg, "images", usage)
+    return OmegaConf.to_object(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/export.py
+# --------------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+@dataclass
+class ExportConfig:
+    ckpt_path: str = MISSING  # required: a .pt file, or a run directory (then its best.pt)
+    format: str = "onnx"  # onnx | torchscript
+
+    def __post_init__(self) -> None:
+        choose("format", self.format, EXPORT_FORMATS)
+
+
+def validate_export(cfg: DictConfig) -> ExportConfig:
+    """Check every range and choice; the first problem is raised as a one-line `UserError`."""
+    required(cfg, "ckpt_path", f"python scripts/export.py {CHECKPOINT_USAGE} format=onnx")
+    return OmegaConf.to_object(cfg)
+
+
 store = ConfigStore.instance()
 store.store(name="evaluate_schema", node=EvaluateConfig)
 store.store(name="snapshot_schema", node=SnapshotConfig)
+store.store(name="predict_schema", node=PredictConfig)
+store.store(name="export_schema", node=ExportConfig)

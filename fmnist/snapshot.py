@@ -58,6 +58,7 @@ class Snapshot:
     split: str | None = None
     index: int | None = None  # the image's index in the split
     image: Tensor | None = None  # uint8 (28, 28)
+    picture: str | None = None  # instead of split and index: the user's picture file
     details: dict[str, Any] = field(default_factory=dict)  # model, seed, checkpoint, precision
 
     @property
@@ -70,6 +71,11 @@ class Snapshot:
         return [round(v, DECIMALS) for v in self.q]
 
     @property
+    def subject(self) -> str:
+        """The image, in words: the picture file, or `test image #17`."""
+        return self.picture or f"{self.split} image #{self.index}"
+
+    @property
     def loss_by_hand(self) -> float:
         qy = self.shown[self.target]
         return -math.log(qy) if qy > 0 else math.inf
@@ -80,6 +86,7 @@ class Snapshot:
             **self.details,
             "split": self.split,
             "index": self.index,
+            "picture": self.picture,
             "target": self.target,
             "target_name": self.classes[self.target],
             "classes": self.classes,
@@ -164,10 +171,26 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
 
     images, labels = data.load_split(cfg.split, cfg.data.root)
     index = pick_image(labels, cfg.split, cfg.index, cfg.true_class)
-    target = int(labels[index])
     x = data.normalise(images[index : index + 1].to(device), mean, std).unsqueeze(1)
     logits = predict(model, x, compute)  # float32 (1, 10), autocast as the checkpoint's run
-    t = torch.tensor([target], device=device)
+    return from_logits(
+        logits,
+        int(labels[index]),
+        source,
+        classes,
+        split=cfg.split,
+        index=index,
+        image=images[index],
+        details=details,
+    )
+
+
+def from_logits(
+    logits: Tensor, target: int, source: str, classes: list[str], **image: Any
+) -> Snapshot:
+    """The cross-entropy of a model's float32 logits (1, 10) for one image against `target`:
+    q = softmax(logits), our loss and PyTorch's. `image`: the Snapshot fields saying which."""
+    t = torch.tensor([target], device=logits.device)
     return Snapshot(
         source,
         classes,
@@ -176,10 +199,7 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
         cross_entropy(logits, t).item(),
         nn.CrossEntropyLoss()(logits, t).item(),
         logits=logits[0].tolist(),
-        split=cfg.split,
-        index=index,
-        image=images[index],
-        details=details,
+        **image,
     )
 
 
@@ -192,12 +212,12 @@ def report(s: Snapshot) -> str:
     """q, p, the loss term by term, its value, ours and PyTorch's, and the ln 10 reference."""
     f = f".{DECIMALS}f"
     name = s.classes[s.target]
-    if s.index is None:
+    if s.logits is None:
         head = [f"Cross-entropy of {s.source}, true class {s.target} ({name})."]
         q_is = "q = the given probabilities"
     else:
         head = [
-            f"Snapshot of {s.source}, in eval mode, on {s.split} image #{s.index}: "
+            f"Snapshot of {s.source}, in eval mode, on {s.subject}: "
             f"true class {s.target} ({name}).",
         ]
         q_is = "q = the model's probabilities, softmax(logits)"
@@ -236,8 +256,26 @@ def report(s: Snapshot) -> str:
         f"is close to 1/{NUM_CLASSES} for every class, and -log(1/{NUM_CLASSES}) = "
         f"ln {NUM_CLASSES}.",
         f"This loss, {s.loss_ours:{f}}, is {abs(s.loss_ours - LN10):{f}} {side} it.",
+        _verdict(s),
     ]
     return "\n".join(lines)
+
+
+def _verdict(s: Snapshot) -> str:
+    """Why this answer costs what it costs: right or wrong, sure or unsure."""
+    top = max(range(len(s.q)), key=s.q.__getitem__)
+    if top == s.target:
+        return (
+            f"The top class is the true one, with q = {s.q[top]:.{DECIMALS}f}: the surer a right "
+            "answer, the closer its loss is to 0."
+        )
+    return (
+        f"The top class is {s.classes[top]} (q = {s.q[top]:.{DECIMALS}f}), not "
+        f"{s.classes[s.target]} (q = {s.q[s.target]:.{DECIMALS}f}): the loss looks only at "
+        f"q[{s.target}], so a wrong answer costs more the surer it is (the less it leaves for the "
+        f"true class), and an unsure one (q near 1/{NUM_CLASSES} everywhere) about "
+        f"ln {NUM_CLASSES}."
+    )
 
 
 def write_outputs(s: Snapshot, run_dir: Path) -> list[str]:

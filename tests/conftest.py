@@ -1,5 +1,6 @@
 """Shared fixtures: the real dataset (skipped only when absent and FMNIST_REQUIRE_DATA is unset),
-one tiny trained run per session (`experiment=smoke`), and two ways to run a script: as a real
+one tiny trained run per session (`experiment=smoke`) and its exports (ONNX, TorchScript), and
+two ways to run a script: as a real
 subprocess (`run_script`: exit codes, signals, start-up) or in this process (`run_in_process`:
 the same Hydra entry point and error handling, without the seconds of start-up)."""
 
@@ -9,8 +10,10 @@ import contextlib
 import io
 import os
 import runpy
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,31 @@ def trained_run(data_root, tmp_path_factory) -> Path:
     result = run_script("scripts/train.py", SMOKE, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory) -> dict[str, Path]:
+    """`trained_run`'s best.pt exported by scripts/export.py, as ONNX and as TorchScript."""
+    files = {}
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
+        out = tmp_path_factory.mktemp(fmt) / "out"
+        result = run_in_process(
+            "scripts/export.py", f"ckpt_path={trained_run}", f"format={fmt}", f"hydra.run.dir={out}"
+        )
+        assert result.returncode == 0, result.stderr
+        files[fmt] = out / name
+    return files
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: Pillow checks the size on opening."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def events(run_dir: Path) -> EventAccumulator:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
-from conftest import SMOKE, RunsCode, run_script
+from conftest import SMOKE, RunsCode, png_header, run_script
 
 from fmnist import data
+from fmnist.prepare import image_of
 
 pytestmark = pytest.mark.slow  # a real process per case: the exit code, stderr, nothing written
 
@@ -44,6 +47,33 @@ def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
     made["pickle_ckpt"] = str(malicious)
     made["torch_pickle_ckpt"] = str(base / "malicious_torch.pt")
     torch.save({"model": RunsCode(base / "MARKER")}, made["torch_pickle_ckpt"])
+
+    images, _ = data.load_split("test", data_root)
+    made["picture"] = str(base / "coat.png")
+    image_of(images[0]).save(made["picture"])
+    made["text_picture"] = str(base / "notes.png")
+    Path(made["text_picture"]).write_text("not a picture\n")
+    made["truncated_picture"] = str(base / "truncated.png")
+    Path(made["truncated_picture"]).write_bytes(Path(made["picture"]).read_bytes()[:60])
+    made["bomb"] = str(base / "bomb.png")
+    Path(made["bomb"]).write_bytes(png_header(20_000, 20_000))
+    (base / "empty").mkdir()
+    made["empty_dir"] = str(base / "empty")
+    made["text_onnx"] = str(base / "model.onnx")
+    Path(made["text_onnx"]).write_text("not a model\n")
+    made["foreign_onnx"] = str(base / "identity.onnx")
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [value],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    onnx.save(onnx.helper.make_model(graph), made["foreign_onnx"])
+    made["torchscript"] = str(base / "model.torchscript.pt")
+    with warnings.catch_warnings():  # PyTorch deprecates TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), made["torchscript"])
     return made
 
 
@@ -51,6 +81,8 @@ TRAIN = "scripts/train.py"
 EXPLAIN = "scripts/explain.py"
 EVALUATE = "scripts/evaluate.py"
 SNAPSHOT = "scripts/snapshot.py"
+PREDICT = "scripts/predict.py"
+EXPORT = "scripts/export.py"
 CASES = [
     # (script, arguments, what the message must say)
     (TRAIN, ["loss=foo"], "Could not find 'loss/foo'"),
@@ -121,6 +153,52 @@ CASES = [
         "error:",
     ),
     (SNAPSHOT, ["ckpt_path={pickle_ckpt}"], "was refused"),
+    (PREDICT, ["images=[{picture}]"], "ckpt_path is required"),
+    (PREDICT, ["ckpt_path={smoke_ckpt}"], "images is required"),
+    (
+        PREDICT,
+        ["ckpt_path={smoke_ckpt}", "images=[{tmp}/nowhere.png]"],
+        "nowhere.png does not exist",
+    ),
+    (PREDICT, ["ckpt_path={smoke_ckpt}", "images=[{empty_dir}]"], "{empty_dir} holds no picture"),
+    (
+        PREDICT,
+        ["ckpt_path={smoke_ckpt}", "images=[{text_picture}]"],
+        "{text_picture} is not a picture Pillow can read",
+    ),
+    (
+        PREDICT,
+        ["ckpt_path={smoke_ckpt}", "images=[{truncated_picture}]"],
+        "{truncated_picture} could not be read",
+    ),
+    (PREDICT, ["ckpt_path={smoke_ckpt}", "images=[{bomb}]"], "{bomb} is too large to decode"),
+    (
+        PREDICT,
+        ["ckpt_path={foreign_ckpt}", "images=[{picture}]"],
+        "{foreign_ckpt} is a PyTorch file but not an fmnist checkpoint",
+    ),
+    (PREDICT, ["ckpt_path={pickle_ckpt}", "images=[{picture}]"], "was refused"),
+    (
+        PREDICT,
+        ["ckpt_path={text_onnx}", "images=[{picture}]"],
+        "{text_onnx} is not a readable ONNX model",
+    ),
+    (
+        PREDICT,
+        ["ckpt_path={foreign_onnx}", "images=[{picture}]"],
+        "{foreign_onnx} is an ONNX model but not one exported by fmnist",
+    ),
+    (PREDICT, ["ckpt_path={smoke_ckpt}", "images=[{picture}]", "target=robe"], "target=robe"),
+    (
+        PREDICT,
+        ["ckpt_path={torchscript}", "images=[{picture}]"],
+        "{torchscript} is a TorchScript module, not an fmnist checkpoint",
+    ),
+    (EXPORT, [], "ckpt_path is required"),
+    (EXPORT, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
+    (EXPORT, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
+    (EXPORT, ["ckpt_path={torch_pickle_ckpt}"], "was refused"),
+    (EXPORT, ["ckpt_path={smoke_ckpt}", "format=tflite"], "choose one of onnx, torchscript"),
 ]
 
 

@@ -127,3 +127,42 @@ def image_and_probabilities(
     right.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+FIGURE_PICTURES = 20  # predictions.png shows at most this many pictures (all are in the json)
+
+
+def predictions_figure(
+    rows: list[tuple[str, Any, Tensor, list[float], list[str]]],
+    classes: list[str],
+    target: int | None,
+):
+    """A row per picture: its thumbnail, the 28x28 input the model saw, and the 10 probabilities
+    (the target class, if given, highlighted). `rows`: (name, thumbnail (a Pillow image),
+    input (uint8, 28x28), q, doubts)."""
+    shown = rows[:FIGURE_PICTURES]
+    fig, axes = pyplot().subplots(
+        len(shown),
+        3,
+        figsize=(11, 2.7 * len(shown) + 0.6),
+        dpi=80,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1, 4]},
+    )
+    for (name, thumbnail, pixels, q, doubts), (left, middle, right) in zip(
+        shown, axes, strict=True
+    ):
+        left.imshow(thumbnail)
+        left.set_title(name, fontsize=9)
+        middle.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=255)
+        middle.set_title("what the model saw", fontsize=9)
+        for ax in (left, middle):
+            ax.axis("off")
+        probability_bars(right, q, classes, target, 2)
+        top = max(range(len(q)), key=q.__getitem__)
+        warning = "\n! " + "; ".join(doubts) if doubts else ""
+        right.set_title(f"{classes[top]} {q[top]:.3f}{warning}", fontsize=9)
+    more = f" (the first {len(shown)} of {len(rows)})" if len(rows) > len(shown) else ""
+    fig.suptitle(f"Predictions{more}", fontsize=11)
+    fig.tight_layout()
+    return fig

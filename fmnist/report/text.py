@@ -1,8 +1,10 @@
 """Text reports: an evaluation as the tables a person reads (accuracy, both losses, per-class
-precision / recall / F1, the confusion matrix, the most confused pairs)."""
+precision / recall / F1, the confusion matrix, the most confused pairs), and predictions on
+pictures (top classes and doubts, a line each)."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 
@@ -76,3 +78,28 @@ def _most_confused(r: dict[str, Any]) -> list[str]:
     if not r["most_confused"]:
         lines.append("  none: every image is classified correctly")
     return lines
+
+
+def predictions(r: dict[str, Any], notes: list[str]) -> str:
+    """The results of `fmnist.predict` (predictions.json's dict): a line per picture with its top
+    classes, and its doubts after a `!`."""
+    prepare = r["prepare"]
+    rows = r["predictions"]
+    width = max(len(p["file"]) for p in rows) + 2
+    cell = max(len(name) for name in r["classes"]) + 8
+    ranks = ("1st", "2nd", "3rd")[: len(rows[0]["top"])]
+    lines = [
+        f"Model: {r['description']}",
+        f"Pictures prepared with invert={prepare['invert']}, crop={str(prepare['crop']).lower()} "
+        "(fmnist/prepare.py); ! marks a prediction not to trust:",
+        textwrap.fill(r["doubt_rule"], 100, initial_indent="  ", subsequent_indent="  "),
+        "",
+        (f"{'file':<{width}}" + "".join(f"{rank:<{cell}}" for rank in ranks)).rstrip(),
+    ]
+    for p in rows:
+        top = "".join(
+            f"{t['name'] + ' ' + format(t['probability'], '.3f'):<{cell}}" for t in p["top"]
+        )
+        doubt = f"! {'; '.join(p['doubts'])}" if p["doubts"] else ""
+        lines.append(f"{p['file']:<{width}}{top}{doubt}".rstrip())
+    return "\n".join([*lines, *notes])

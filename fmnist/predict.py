@@ -1,0 +1,344 @@
+"""Predict the class of your own pictures with a trained model: a checkpoint or an .onnx export.
+
+The logic of `python scripts/predict.py ckpt_path=... images=[a.png,photos/]` (configured by
+configs/predict.yaml and fmnist.script_configs). Each picture is read safely with Pillow, made
+Fashion-MNIST-like by fmnist.prepare, and predicted as evaluate would: a checkpoint's model,
+normalisation, precision and test-time augmentation come from the checkpoint
+(`checkpoint.load_model`, `engine.predict`); an .onnx file runs in ONNX Runtime, with the views of
+the TTA its metadata names. Each prediction gets the top 3 classes and `prepare.doubts`' warnings;
+with `target=`, also the cross-entropy worked out as fmnist.snapshot does it.
+
+A bad input (missing, not an image, too large) is named in one line and the others are still
+predicted; the exit status is then 1 (2 when nothing could be predicted, and nothing is written).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from fmnist import checkpoint, data, engine, export, runs
+from fmnist.errors import UserError, reports_user_errors
+from fmnist.files import all_or_nothing, write_text_atomically
+from fmnist.losses import softmax
+from fmnist.prepare import DOUBT_RULE, Prepared, doubts, prepare
+from fmnist.report import figures, text
+from fmnist.script_configs import PredictConfig, validate_predict
+from fmnist.snapshot import Snapshot, from_logits, report
+
+# What a directory's pictures are recognised by; a file named directly is tried whatever its name.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+FORMATS = "PNG, JPEG, WebP, BMP or GIF"
+BATCH = 256  # pictures per forward pass
+TOP = 3
+THUMBNAIL = 96  # pixels: the longest edge of a picture's thumbnail in predictions.png
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's model or an exported .onnx file, as one function from pixels to logits."""
+
+    logits: Callable[[Tensor], Tensor]  # uint8 (N, 28, 28) -> float32 (N, 10) on the CPU
+    classes: list[str]
+    description: str  # in words, for the report and the lesson
+    details: dict[str, Any]  # for predictions.json
+
+
+def from_checkpoint(path: str, device_name: str) -> Predictor:
+    """The checkpoint's model with its normalisation, precision, layout and TTA, as evaluate."""
+    loaded = checkpoint.load_model(path)
+    compute = loaded.compute(engine.device(device_name, "device"))
+    tta = loaded.setting("trainer.tta", str)
+    model = compute.place(loaded.model)
+
+    @torch.no_grad()
+    def logits(pixels: Tensor) -> Tensor:
+        x = data.normalise(pixels.to(compute.device), loaded.mean, loaded.std).unsqueeze(1)
+        return engine.predict(model, x, compute, tta).cpu()
+
+    mode = "bf16 autocast" if loaded.precision == "bf16" else "float32"
+    step = loaded.checkpoint.get("step")
+    return Predictor(
+        logits,
+        loaded.classes,
+        f"{loaded.model_name()} from {loaded.path} (step {step}; {mode}, TTA {tta}, as its run)",
+        {
+            "kind": "checkpoint",
+            "path": str(loaded.path.resolve()),
+            "model": loaded.model_name(),
+            "step": step,
+            "precision": loaded.precision,
+            "tta": tta,
+            "device": str(compute.device),
+            "normalization": {"mean": loaded.mean, "std": loaded.std},
+        },
+    )
+
+
+def from_onnx(path: str) -> Predictor:
+    """An fmnist .onnx export in ONNX Runtime (float32, CPU), averaging the views of the TTA
+    its metadata names (not in the graph) as the checkpoint's run did."""
+    model = export.load_onnx(path)
+
+    def logits(pixels: Tensor) -> Tensor:
+        views = engine.tta_views(pixels.float().div(255).unsqueeze(1), model.tta, background=0.0)
+        return sum(model.logits(view) for view in views) / len(views)
+
+    return Predictor(
+        logits,
+        model.classes,
+        f"{model.meta.get('model', 'a model')} exported to {model.path} (ONNX Runtime, float32, "
+        f"TTA {model.tta})",
+        {"kind": "onnx", "path": str(model.path.resolve()), "tta": model.tta, **model.meta},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The pictures
+# --------------------------------------------------------------------------------------------
+
+
+def collect(entries: list[str]) -> tuple[list[Path], list[str], list[str]]:
+    """The picture files `entries` name (files as given; directories: their image files, by
+    name, sorted), the entries that name none (one line each), and notes on what was skipped."""
+    files, problems, notes = [], [], []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file())
+            pictures = [p for p in inside if p.suffix.lower() in IMAGE_SUFFIXES]
+            others = [p.name for p in inside if p not in pictures]
+            if not pictures:
+                held = f"only {len(others)} other files, e.g. {others[0]}" if others else "none"
+                problems.append(
+                    f"{path} holds no picture files ({', '.join(IMAGE_SUFFIXES)}; files: {held}): "
+                    "put pictures in it, or name the files"
+                )
+            elif others:
+                more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+                notes.append(
+                    f"Skipped in {path}, not pictures by their names: {', '.join(others[:5])}{more}"
+                )
+            files += pictures
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(
+                f"{path} does not exist (relative paths start at {Path.cwd()}): check the path"
+            )
+    return files, problems, notes
+
+
+def read_picture(path: Path) -> Image.Image:
+    """The picture (a GIF's first frame), decoded in full and turned upright as its EXIF says;
+    a file Pillow cannot read, or one over its decompression-bomb limit, is a `UserError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise UserError(
+            f"{path} is too large to decode safely ({size}; Pillow refuses more than "
+            f"{Image.MAX_IMAGE_PIXELS:,} as a possible decompression bomb): resize it to a few "
+            "megapixels first"
+        ) from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path} is not a picture Pillow can read: give {FORMATS} files") from None
+    except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"{path} could not be read ({reason}): the file is damaged or incomplete; save or "
+            "copy it again"
+        ) from None
+
+
+@dataclass
+class Picture:
+    """A picture as shown (a thumbnail) and as the model sees it."""
+
+    path: Path
+    thumbnail: Image.Image
+    prepared: Prepared
+
+
+def load(path: Path, settings: PredictConfig) -> Picture:
+    image = read_picture(path)
+    thumbnail = image.convert("RGBA")
+    thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+    return Picture(path, thumbnail, prepare(image, settings.prepare))
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    picture: Picture
+    q: list[float]  # the 10 probabilities
+    doubts: list[str]  # why not to trust it (prepare.doubts); empty: none found
+    lesson: Snapshot | None  # the cross-entropy against target=, when given
+
+    @property
+    def top(self) -> list[int]:
+        return sorted(range(len(self.q)), key=lambda c: -self.q[c])[:TOP]
+
+    def as_dict(self, classes: list[str]) -> dict[str, Any]:
+        prepared = self.picture.prepared
+        return {
+            "file": str(self.picture.path),
+            "top": [{"class": c, "name": classes[c], "probability": self.q[c]} for c in self.top],
+            "q": self.q,
+            "doubts": self.doubts,
+            "inverted": prepared.inverted,
+            "box": list(prepared.box) if prepared.box else None,
+            "lesson": self.lesson.as_dict() if self.lesson else None,
+        }
+
+
+def predict_pictures(
+    predictor: Predictor, pictures: list[Picture], target: int | None
+) -> list[Prediction]:
+    """Top classes, doubts and (with `target`) the lesson of each picture, in batches."""
+    predictions = []
+    for start in range(0, len(pictures), BATCH):
+        batch = pictures[start : start + BATCH]
+        logits = predictor.logits(torch.stack([p.prepared.pixels for p in batch]))
+        q = softmax(logits.double(), dim=1)
+        for i, picture in enumerate(batch):
+            lesson = None
+            if target is not None:
+                lesson = from_logits(
+                    logits[i : i + 1],
+                    target,
+                    predictor.description,
+                    predictor.classes,
+                    picture=str(picture.path),
+                    image=picture.prepared.pixels,
+                )
+            found = doubts(picture.prepared.pixels, q[i].max().item())
+            predictions.append(Prediction(picture, q[i].tolist(), found, lesson))
+    return predictions
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def results(
+    predictor: Predictor, predictions: list[Prediction], settings: PredictConfig, failed: list
+) -> dict[str, Any]:
+    """Everything predictions.json holds."""
+    classes = predictor.classes
+    return {
+        "model": predictor.details,
+        "description": predictor.description,
+        "prepare": {"invert": settings.prepare.invert, "crop": settings.prepare.crop},
+        "target": settings.target,
+        "target_name": None if settings.target is None else classes[settings.target],
+        "classes": classes,
+        "doubt_rule": DOUBT_RULE,
+        "predictions": [p.as_dict(classes) for p in predictions],
+        "failed": failed,
+    }
+
+
+def csv_text(r: dict[str, Any]) -> str:
+    """One row per picture: the top classes and probabilities, and the doubts."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    ranks = range(1, TOP + 1)
+    writer.writerow(
+        ["file", *(f"{k}_{rank}" for rank in ranks for k in ("class", "probability")), "doubts"]
+    )
+    for p in r["predictions"]:
+        cells = [x for t in p["top"] for x in (t["name"], f"{t['probability']:.6f}")]
+        writer.writerow([p["file"], *cells, "; ".join(p["doubts"])])
+    return out.getvalue()
+
+
+def write_outputs(r: dict[str, Any], predictions: list[Prediction], run_dir: Path) -> list[str]:
+    """predictions.png and predictions.csv, then predictions.json last, all or nothing."""
+    figure = figures.predictions_figure(
+        [
+            (p.picture.path.name, p.picture.thumbnail, p.picture.prepared.pixels, p.q, p.doubts)
+            for p in predictions
+        ],
+        r["classes"],
+        r["target"],
+    )
+    with all_or_nothing(run_dir):
+        figures.save_figure(figure, run_dir / "predictions.png")
+        rows = csv_text(r)
+        write_text_atomically(run_dir / "predictions.csv", rows)
+        saved = json.dumps(r, indent=2) + "\n"
+        write_text_atomically(run_dir / "predictions.json", saved)
+    return ["predictions.json", "predictions.csv", "predictions.png"]
+
+
+def load_all(files: list[Path], settings: PredictConfig, failed: list[str]) -> list[Picture]:
+    """Every file read and prepared; each one that cannot be adds its line to `failed`."""
+    pictures = []
+    for path in files:
+        try:
+            pictures.append(load(path, settings))
+        except UserError as e:
+            failed.append(str(e))
+    return pictures
+
+
+@reports_user_errors
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """`scripts/predict.py`: predict every picture, print, write; name each bad input."""
+    with runs.removed_if_unused(runs.output_dir()) as run_dir:
+        settings = validate_predict(cfg)
+        predictor = (
+            from_onnx(settings.ckpt_path)
+            if settings.ckpt_path.lower().endswith(".onnx")
+            else from_checkpoint(settings.ckpt_path, settings.device)
+        )
+        files, failed, notes = collect(settings.images)
+        pictures = load_all(files, settings, failed)
+        if not pictures:  # nothing to do: one line, nothing written
+            raise UserError("; ".join(failed))
+        predictions = predict_pictures(predictor, pictures, settings.target)
+        r = results(predictor, predictions, settings, failed)
+        print(text.predictions(r, notes))
+        for p in predictions:
+            if p.lesson:
+                print(f"\n{'-' * 100}\n{report(p.lesson)}")
+        written = write_outputs(r, predictions, run_dir)
+    print(f"\nWrote {', '.join(written)} to {run_dir}")
+    if failed:
+        for problem in failed:
+            print(f"error: {problem}", file=sys.stderr)
+        raise UserError(
+            f"{len(failed)} of the inputs could not be predicted (each named above); the "
+            f"{len(predictions)} others were, into {run_dir}",
+            exit_code=1,
+        )
+    return r

@@ -1,0 +1,18 @@
+"""Export a trained checkpoint as a self-contained ONNX or TorchScript model. Examples:
+
+python scripts/export.py ckpt_path=outputs/runs/2025-01-01_12-00-00
+python scripts/export.py ckpt_path=outputs/runs/2025-01-01_12-00-00 format=torchscript
+"""
+
+import hydra
+
+import fmnist.export
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+def main(cfg) -> None:
+    fmnist.export.main(cfg)
+
+
+if __name__ == "__main__":
+    main()
