@@ -266,6 +266,7 @@ class TrainerConfig:
     sync_batchnorm: bool = False  # torchrun on GPUs: BatchNorm statistics over all ranks
     skip_nonfinite: bool = False  # true: skip steps whose loss is NaN/inf (counted), not stop
     max_skipped_in_a_row: int = 10  # with skip_nonfinite: stop after more skips in a row
+    histograms_every: int = 0  # TensorBoard weight and gradient histograms every N epochs; 0: off
 
     def __post_init__(self) -> None:
         at_least("trainer.max_epochs", self.max_epochs, 1)
@@ -285,6 +286,7 @@ class TrainerConfig:
             "use auto, or leave it unset",
         )
         at_least("trainer.max_skipped_in_a_row", self.max_skipped_in_a_row, 1)
+        at_least("trainer.histograms_every", self.histograms_every, 0, "must be 0 (off) or more")
 
 
 @dataclass

@@ -128,7 +128,7 @@ class Metrics:
     loss: float  # mean cross-entropy (no label smoothing), over all ranks
     accuracy: float  # over all ranks
     confusion: Tensor  # (10, 10) counts over all ranks; rows: true class, columns: predicted
-    logits: Tensor  # float32 (N, 10) on the CPU, of this rank's images, in loader order
+    logits: Tensor  # float32 (N, 10) on the CPU: rank 0's images in loader order, then rank 1's...
     labels: Tensor  # int64 (N,), the same images'
 
     def as_dict(self, prefix: str) -> dict[str, float]:
@@ -150,13 +150,32 @@ def evaluate(model: nn.Module, loader: Any, compute: Compute, tta: str = "none")
         all_labels.append(labels.cpu())
     distributed.sum_(total_loss), distributed.sum_(confusion)  # over the whole split
     count = confusion.sum().item()
+    every_rank = distributed.gather((torch.cat(all_logits), torch.cat(all_labels)))
     return Metrics(
         total_loss.item() / count,
         confusion.trace().item() / count,
         confusion.cpu(),
-        torch.cat(all_logits),
-        torch.cat(all_labels),
+        torch.cat([logits for logits, _ in every_rank]),
+        torch.cat([labels for _, labels in every_rank]),
     )
+
+
+@torch.no_grad()
+def embed(
+    model: nn.Module, loader: Any, compute: Compute, limit: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What the model's last layer sees (`model.embed`) for the first `limit` images of one pass
+    of `loader`: float32 features, those images (normalised) and their labels, on the CPU."""
+    model.eval()
+    features, images, labels = [], [], []
+    for batch, batch_labels in loader.epoch():
+        with compute.autocast():
+            features.append(model.embed(compute.images(batch)).float().cpu())
+        images.append(batch.cpu())
+        labels.append(batch_labels.cpu())
+        if sum(map(len, labels)) >= limit:
+            break
+    return tuple(torch.cat(parts)[:limit] for parts in (features, images, labels))
 
 
 # --------------------------------------------------------------------------------------------

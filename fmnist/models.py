@@ -63,6 +63,11 @@ class SmallCNN(nn.Module):
         """Images (N, 1, 28, 28), normalised, to logits (N, 10)."""
         return self.head(self.features(x))
 
+    def embed(self, x: Tensor) -> Tensor:
+        """What the last layer sees: the pooled features (N, widths[-1]) (TensorBoard's
+        projector shows them)."""
+        return self.head[:-1](self.features(x))
+
 
 class Linear(nn.Module):
     """Softmax regression: logits = W x + b on the 784 raw pixels (softmax lives in the loss)."""
@@ -73,4 +78,8 @@ class Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (N, 1, 28, 28) to logits (N, 10)."""
-        return self.fc(x.flatten(1))
+        return self.fc(self.embed(x))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """What the layer sees: the 784 pixels."""
+        return x.flatten(1)

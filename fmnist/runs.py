@@ -1,14 +1,14 @@
-"""Run directories: where a run or a sweep writes, and which one a resume continues.
+"""Run directories: where a run writes, and which run a resume continues.
 
 Hydra creates a run's directory, writes `.hydra/` and starts its log before our code runs, so
 the directory is chosen just before, by the Hydra callbacks the top configs install
 (`hydra.callbacks`). `OutputDirectory` gives every command a directory of its own, created
 atomically (`<time>`, else `<time>_2`, ...), so runs started in the same second never share
 one. `RunDirectory`, for training, first validates the config, then picks a new directory or
-the run being continued (`trainer.resume=auto`, `ckpt_path`, or a restart by torchrun), and for
-a sweep (`-m`) a new sweep directory or the unfinished sweep being resumed. A run or sweep in
-progress holds a lock on its directory, so a resume never picks one that another process is
-still writing. Nothing is decided while the config is merely resolved: `--cfg job` stays cheap.
+the run being continued (`trainer.resume=auto`, `ckpt_path`, or a restart by torchrun); a
+sweep's directory is fmnist.sweeps' choice. A run or sweep in progress holds a lock on its
+directory, so a resume never picks one that another process is still writing. Nothing is
+decided while the config is merely resolved: `--cfg job` stays cheap.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -201,60 +200,6 @@ def resumed_sweep_job_finished(cfg: DictConfig, run_dir: Path) -> bool:
     return cfg.trainer.resume == "auto" and in_sweep() and finished(run_dir)
 
 
-# --------------------------------------------------------------------------------------------
-# Which sweep a resume continues
-# --------------------------------------------------------------------------------------------
-
-
-def _sweep_overrides(overrides: list[str]) -> list[str]:
-    return [item for item in overrides if item.split("=", 1)[0] not in IGNORED_WHEN_RESUMING]
-
-
-def _job_count(overrides: list[str]) -> int:
-    """How many jobs a sweep with these overrides runs (`loss=a,b seed=0,1,2`: 6)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
-
-
-def sweep_finished(sweep_dir: Path, overrides: list[str]) -> bool:
-    jobs = [path for path in sweep_dir.iterdir() if (path / ".hydra").is_dir()]
-    return sum(finished(job) for job in jobs) >= _job_count(overrides)
-
-
-def newest_unfinished_sweep(parent: Path, overrides: list[str]) -> Path | None:
-    """Claim and return the newest sweep under `parent` run with these overrides that has jobs
-    left to finish and no process running it; None if there is none."""
-    wanted = _sweep_overrides(overrides)
-    saved = sorted(parent.glob("*/multirun.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in saved:
-        sweep_overrides = list(OmegaConf.load(path).hydra.overrides.task)
-        if _sweep_overrides(sweep_overrides) != wanted:
-            continue
-        if not sweep_finished(path.parent, wanted) and claim(path.parent):
-            return path.parent
-    return None
-
-
-def sweep_dir_for(overrides: list[str], new_dir: Path, chosen_by_user: bool) -> Path:
-    """Where a sweep writes: a new directory, or with `trainer.resume=auto` the newest
-    unfinished sweep with the same overrides (its finished jobs are kept, the others continue
-    from their own last.pt or start)."""
-    if "trainer.resume=auto" not in overrides:
-        return claimed(new_dir if chosen_by_user else new_directory(new_dir), "sweep")
-    if chosen_by_user:
-        return claimed(new_dir, "sweep")
-    sweep_dir = newest_unfinished_sweep(new_dir.parent, overrides)
-    if sweep_dir is None:
-        raise UserError(
-            f"trainer.resume=auto found no unfinished sweep under {new_dir.parent} with these "
-            "overrides that no other process is running; start a new sweep without "
-            "trainer.resume"
-        )
-    return sweep_dir
-
-
 def in_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -280,7 +225,8 @@ def stops_the_run(callback: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _user_choice(config: DictConfig, key: str) -> bool:
+def chosen_by_user(config: DictConfig, key: str) -> bool:
+    """Whether the user set `key` (e.g. `hydra.run.dir`) on the command line."""
     return any(item.split("=", 1)[0] == key for item in config.hydra.overrides.hydra)
 
 
@@ -298,7 +244,7 @@ def _on_main(decide: Callable[[], Path]) -> Path:
     return Path(value)
 
 
-def _set(config: DictConfig, key: str, directory: Path) -> None:
+def set_directory(config: DictConfig, key: str, directory: Path) -> None:
     """Point `hydra.<key>` at `directory`, for this config and for the jobs composed from it."""
     with read_write(config), open_dict(config):
         OmegaConf.update(config, f"hydra.{key}", str(directory))
@@ -311,28 +257,23 @@ class OutputDirectory(Callback):
 
     @stops_the_run
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not _user_choice(config, "hydra.run.dir"):
-            _set(config, "run.dir", _on_main(lambda: new_directory(Path(config.hydra.run.dir))))
+        if not chosen_by_user(config, "hydra.run.dir"):
+            set_directory(
+                config, "run.dir", _on_main(lambda: new_directory(Path(config.hydra.run.dir)))
+            )
 
 
 class RunDirectory(Callback):
-    """Validate a training run's config, then choose its directory or its sweep's."""
+    """Validate a training run's config, then choose its directory (a sweep's: fmnist.sweeps)."""
 
     @stops_the_run
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         validate(job)
         job = OmegaConf.to_container(job, resolve=True)
-        chosen_by_user = _user_choice(config, "hydra.run.dir")
+        user_dir = chosen_by_user(config, "hydra.run.dir")
         new_dir = Path(config.hydra.run.dir)
-        _set(config, "run.dir", _on_main(lambda: run_dir_for(job, new_dir, chosen_by_user)))
-
-    @stops_the_run
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        overrides = list(config.hydra.overrides.task)
-        chosen_by_user = _user_choice(config, "hydra.sweep.dir")
-        new_dir = Path(config.hydra.sweep.dir)
-        _set(config, "sweep.dir", sweep_dir_for(overrides, new_dir, chosen_by_user))
+        set_directory(config, "run.dir", _on_main(lambda: run_dir_for(job, new_dir, user_dir)))
 
 
 def output_dir() -> Path:

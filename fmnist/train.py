@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from fmnist import distributed, run_state, runs
-from fmnist.config import flatten, validate
+from fmnist.config import validate
 from fmnist.engine import Compute, NonFiniteLoss, Training, evaluate, train_epoch
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.report.training import TrainingReport
@@ -49,10 +49,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     position, data = progress.position, training.data
     resumed_at = position.step if source else None
     with (
-        TrainingReport(run_dir, settings.progress, distributed.is_main(), resumed_at) as report,
+        TrainingReport(run_dir, settings, distributed.is_main(), resumed_at) as report,
         run_state.StopSignals() as stop,
     ):
-        report.start(training, source, position)
+        report.start(training, config, source, position)
         for _ in report.epochs(position, settings.max_epochs):
             start = time.perf_counter()
             max_skipped = settings.max_skipped_in_a_row if settings.skip_nonfinite else 0
@@ -72,7 +72,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             progress.train_seconds += time.perf_counter() - start
 
             val = data.val and evaluate(training.trained, data.val, training.compute, settings.tta)
-            report.validation(position, settings.max_epochs, val, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            report.validation(training, position, settings.max_epochs, val, seconds)
             checkpoints.save_epoch(progress, val)  # last.pt, and best.pt if val improved
 
         # The run's result is its best model by validation accuracy: test it, once.
@@ -84,7 +85,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "best_epoch": best["epoch"],
             **progress.summary(settings.max_epochs * data.train.num_samples),
         }
-        report.test(position.step, test, dict(flatten(config)), metrics)
+        report.test(training, position.step, test, metrics)
     checkpoints.finish(best, metrics)
     log.info(
         "test loss %.4f acc %.4f (weights of epoch %d); run saved in %s",

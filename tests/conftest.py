@@ -124,3 +124,35 @@ def scalars(run_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
     """(step, value) of one scalar tag, over all events files of the run directory."""
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def hparams_sessions(run_dir: Path) -> list[dict]:
+    """Every HPARAMS session start written in the run directory's events files (raw events, not
+    merged), as {hparam: value}, plus the metric tags its experiment names under "metrics"."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    sessions, metrics = [], []
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    value.metadata.plugin_data.content
+                )
+                if data.HasField("experiment"):
+                    metrics = [info.name.tag for info in data.experiment.metric_infos]
+                if data.HasField("session_start_info"):
+                    hparams = data.session_start_info.hparams
+                    sessions.append(
+                        {
+                            key: hparams[key].WhichOneof("kind") and _value(hparams[key])
+                            for key in hparams
+                        }
+                    )
+    return [{**session, "metrics": metrics} for session in sessions]
+
+
+def _value(value) -> object:
+    return getattr(value, value.WhichOneof("kind"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, run_script, scalars
+from conftest import ROOT, SMOKE, hparams_sessions, run_script, scalars
 
 from fmnist.run_state import Interrupted, StopSignals
 
@@ -81,6 +81,8 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     )
     # One TensorBoard series: every step exactly once, with the uninterrupted run's values.
     assert scalars(run_dir) == scalars(uninterrupted)
+    (session,) = hparams_sessions(run_dir)  # one HPARAMS row per run, not one per resume
+    assert all(scalars(run_dir, tag) for tag in session["metrics"])
     assert [step for step, _ in scalars(run_dir)] == list(range(1, STEPS + 1))
 
 

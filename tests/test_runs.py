@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, run_in_process, run_script
+from conftest import ROOT, SMOKE, hparams_sessions, run_in_process, run_script, scalars
 from omegaconf import OmegaConf
 
 from fmnist import checkpoint
@@ -142,6 +142,10 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_weights(data_root, tm
     assert f"Resuming {second}/checkpoints/last.pt" in resumed.stdout
     assert [job.name for job in job_dirs(cut)] == [job.name for job in job_dirs(whole)]
     assert (first / "metrics.json").stat().st_mtime_ns == kept
+    for job in job_dirs(cut):  # one HPARAMS row per job, its metrics logged
+        (session,) = hparams_sessions(job)
+        assert all(scalars(job, tag) for tag in session["metrics"]), job
+    assert "| 2 | `seed=2` | finished |" in (job_dirs(cut)[0].parent / "summary.md").read_text()
     for resumed_job, whole_job in zip(job_dirs(cut), job_dirs(whole), strict=True):
         expected = checkpoint.load(whole_job / "checkpoints" / "last.pt")["model"]
         actual = checkpoint.load(resumed_job / "checkpoints" / "last.pt")["model"]

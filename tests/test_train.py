@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE, events, run_in_process, run_script, scalars
+from conftest import SMOKE, events, hparams_sessions, run_in_process, run_script, scalars
 
-from fmnist import checkpoint
+from fmnist import checkpoint, data
 from fmnist.schedules import OneCycle
 
 
@@ -40,7 +40,12 @@ def test_one_train_loss_point_per_optimizer_step(run):
         assert [event.step for event in accumulator.Scalars(tag)] == steps
     assert [event.step for event in accumulator.Scalars("val/acc")] == [8, 16]
     assert [event.step for event in accumulator.Scalars("test/acc")] == [16]
-    assert accumulator.Tags()["images"] == ["val/confusion", "test/confusion"]
+    assert accumulator.Tags()["images"] == [
+        "train/batch",
+        "val/confusion",
+        "val/predictions",
+        "test/confusion",
+    ]
     # The schedule: warm-up to optimizer.lr (0.05) then down towards 0.
     lrs = [event.value for event in accumulator.Scalars("train/lr")]
     assert max(lrs) == pytest.approx(0.05) and lrs[-1] < lrs[len(lrs) // 2]
@@ -56,8 +61,76 @@ def test_hparams_are_in_the_same_events_file(run):
     assert b"optimizer.lr" in plugins["_hparams_/session_start_info"]
 
 
+def scalars_by_tag(run_dir: Path) -> dict[str, list]:
+    accumulator = events(run_dir)
+    return {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
+
+
+def check_hparams(run_dir: Path) -> dict:
+    """One HPARAMS session; its metrics are logged scalar tags with values; its settings are
+    those that describe a run, not paths, `_target_` strings or display switches."""
+    (session,) = hparams_sessions(run_dir)
+    logged = scalars_by_tag(run_dir)
+    assert set(session["metrics"]) >= {"test/acc", "test/loss", "train/seconds"}
+    for tag in session["metrics"]:
+        assert logged.get(tag), f"{tag} is an hparams metric but was never logged"
+    for key in ("seed", "loss", "model", "optimizer", "optimizer.lr", "scheduler"):
+        assert key in session, key
+    for key in ("data.batch_size", "data.val_size", "trainer.max_epochs", "trainer.tta"):
+        assert key in session, key
+    for word in (
+        "_target_",
+        "_partial_",
+        "root",
+        "source_dirs",
+        "progress",
+        "ckpt_path",
+        "download",
+        "num_workers",
+        "resume",
+        "deterministic",
+        "checkpoint_every",
+    ):
+        assert not any(word in key for key in session), word
+    return session
+
+
+def test_hparams_metrics_are_the_logged_scalars(run):
+    session = check_hparams(run)
+    assert session["metrics"] == [
+        "val/acc",
+        "val/loss",
+        "test/acc",
+        "test/loss",
+        "train/seconds",
+        "train/images_per_second",
+    ]
+    assert session["loss"] == "scratch" and session["model"] == "small_cnn"
+    assert session["data.subset"] == 1024 and session["optimizer.lr"] == pytest.approx(0.05)
+
+
+def test_what_the_tensorboard_tutorial_shows(run):
+    accumulator = events(run)
+    tags = accumulator.Tags()
+    assert tags["graph"]  # the model's graph
+    assert len(accumulator.Images("train/batch")) == 1  # a training batch, once
+    assert [image.step for image in accumulator.Images("val/predictions")] == [8, 16]
+    pr = sorted(tag for tag in tags["tensors"] if tag.startswith("test/pr/"))
+    assert len(pr) == 10 and "test/pr/T-shirt-top" in pr and "test/pr/Ankle boot" in pr
+    assert "config/text_summary" in tags["tensors"] and tags["histograms"] == []
+    projector = (run / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "test_features:00016"' in projector
+    (folder,) = [p for p in run.iterdir() if p.is_dir() and p.name == "00016"]
+    features = (folder / "test_features" / "tensors.tsv").read_text().splitlines()
+    metadata = (folder / "test_features" / "metadata.tsv").read_text().splitlines()
+    assert len(features) == len(metadata) == 2000 and len(features[0].split("\t")) == 128
+    assert set(metadata) == set(data.CLASSES)
+    assert (folder / "test_features" / "sprite.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_no_extra_run_folders(run):
-    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
+    folders = sorted(p.name for p in run.iterdir() if p.is_dir())
+    assert folders == [".hydra", "00016", "checkpoints"]  # 00016: the projector's, at step 16
 
 
 def test_metrics_and_checkpoints_agree(run):
@@ -92,6 +165,13 @@ def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
         assert run.name.startswith(f"{number}_") and f"loss={loss}" in run.name
         assert (run / "metrics.json").is_file()
         assert checkpoint.load(run)["config"]["loss"]["_target_"].endswith("CrossEntropyLoss")
+        assert check_hparams(run)["loss"] == loss
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        "| 0 | `loss=scratch` | finished |" in summary
+        and "| 1 | `loss=torch` | finished |" in summary
+    )
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("job,overrides,status")
 
 
 def train_losses(tmp_path: Path, *overrides: str) -> dict[str, torch.Tensor]:
@@ -157,3 +237,14 @@ def test_one_cycle_schedule():
     assert [schedule(step) for step in range(10)] == pytest.approx(
         [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
     )
+
+
+@pytest.mark.slow
+def test_histograms_are_there_when_asked_for(data_root, tmp_path):
+    result = run_in_process(
+        "scripts/train.py", SMOKE, "trainer.histograms_every=1", f"hydra.run.dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr
+    histograms = events(tmp_path).Tags()["histograms"]
+    assert "weights/features.0.0.weight" in histograms
+    assert "gradients/features.0.0.weight" in histograms and "weights/head.3.bias" in histograms

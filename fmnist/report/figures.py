@@ -166,3 +166,30 @@ def predictions_figure(
     fig.suptitle(f"Predictions{more}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def validation_predictions(
+    images: Tensor, labels: Tensor, q: Tensor, classes: list[str], step: int, columns: int = 8
+):
+    """Fixed validation images, each titled with the predicted class and its probability and
+    the true class; wrong predictions in red. Drawn at every validation pass, it shows the model
+    learning."""
+    rows = math.ceil(len(images) / columns)
+    fig, axes = pyplot().subplots(
+        rows, columns, figsize=(1.6 * columns, 1.9 * rows + 0.4), dpi=80, squeeze=False
+    )
+    confidence, predicted = q.max(1)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, ax in enumerate(axes.flat[: len(images)]):
+        right = int(predicted[k]) == int(labels[k])
+        ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(
+            f"{classes[int(predicted[k])]} {confidence[k]:.0%}\n(true: {classes[int(labels[k])]})",
+            fontsize=7,
+            color="green" if right else "red",
+        )
+    correct = int((predicted == labels).sum())
+    fig.suptitle(f"step {step}: {correct} of {len(images)} right", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,8 +1,13 @@
-"""What a training run shows as it goes: TensorBoard events, tqdm bars and train.log lines.
+"""What a training run shows as it goes: TensorBoard, tqdm bars and train.log lines.
 
 `TrainingReport` wraps the loop's iterators (epochs, steps) to draw bars and log every step's
-loss, accuracy and learning rate, and takes the results of each validation and of the final test.
-Under torchrun only rank 0 reports; the others stay silent.
+loss, accuracy and learning rate, and takes what the run found at its start, at each epoch's
+end and at its end. What PyTorch's Fashion-MNIST TensorBoard tutorial shows is all here, written
+only at those moments, never inside the step loop: the resolved config and the model's graph and
+a training batch once at the start; each validation pass's metrics, confusion matrix and
+predictions on a fixed set of validation images; and at the end the test metrics, one
+precision-recall curve per class and the embedding projector. Under torchrun only rank 0
+reports; the others stay silent.
 """
 
 from __future__ import annotations
@@ -13,13 +18,30 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from torch import Tensor
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fmnist.engine import Metrics, Position, Step, Training
+from fmnist import data
+from fmnist.config import OPTIONS
+from fmnist.engine import Metrics, Position, Step, Training, embed
+from fmnist.losses import softmax
 from fmnist.report.board import TensorBoard
+from fmnist.report.figures import validation_predictions
 
 log = logging.getLogger("fmnist")
+
+SHOWN_PREDICTIONS = 16  # the fixed validation images whose predictions are drawn each epoch
+EMBEDDED = 2000  # test images in the projector
+METRICS = (
+    "val/acc",
+    "val/loss",
+    "test/acc",
+    "test/loss",
+    "train/seconds",
+    "train/images_per_second",
+)
 
 
 def progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> tqdm:
@@ -29,19 +51,65 @@ def progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> tqdm:
     )
 
 
+def _option(group: str, settings: dict) -> str:
+    """The name of the group option a config section came from (`sgd`, `small_cnn`, ...)."""
+    names = [name for name, node in OPTIONS[group].items() if node._target_ == settings["_target_"]]
+    return names[0] if names else settings["_target_"]
+
+
+def hparams(config: dict) -> dict[str, Any]:
+    """The settings that tell runs apart, for the HPARAMS tab: not paths, `_target_` strings or
+    display switches. Values are numbers, strings or booleans (lists and None as text)."""
+    params: dict[str, Any] = {"seed": config["seed"]}
+    for group in ("loss", "model", "optimizer", "scheduler"):
+        params[group] = _option(group, config[group])
+        for key, value in config[group].items():
+            if not key.startswith("_"):
+                params[f"{group}.{key}"] = value
+    data_cfg, trainer = config["data"], config["trainer"]
+    for key in ("batch_size", "crop_padding", "flip", "val_size", "subset"):
+        params[f"data.{key}"] = data_cfg[key]
+    for key in ("max_epochs", "precision", "tta"):
+        params[f"trainer.{key}"] = trainer[key]
+    return {
+        key: value if isinstance(value, int | float | str | bool) else str(value)
+        for key, value in params.items()
+    }
+
+
+def metric_tags(config: dict) -> list[str]:
+    """The scalar tags a run logs that the HPARAMS tab shows as its metrics."""
+    return [
+        tag for tag in METRICS if not (tag.startswith("val/") and not config["data"]["val_size"])
+    ]
+
+
+def pixels(images: Tensor) -> Tensor:
+    """Normalised images back to [0, 1] pixels, for display."""
+    return (images.float().cpu() * data.STD + data.MEAN).clamp(0, 1)
+
+
 class TrainingReport:
-    """A run's events, bars and log lines; `enabled=False` (ranks > 0) shows and writes nothing.
+    """A run's TensorBoard events, bars and log lines; `enabled=False` (ranks > 0) is silent.
 
     `resumed_at`: the step a resumed run continues after. TensorBoard drops the events written
-    after it by the interrupted process, which no checkpoint holds.
+    after it by the interrupted process, which no checkpoint holds; what a run writes once at
+    its start is not written again.
     """
 
     def __init__(
-        self, run_dir: Path, show_bars: bool, enabled: bool, resumed_at: int | None = None
+        self,
+        run_dir: Path,
+        settings: Any,
+        enabled: bool,
+        resumed_at: int | None = None,
     ) -> None:
         purge_step = None if resumed_at is None else resumed_at + 1
         self.board = TensorBoard(run_dir, purge_step, enabled)
-        self.show_bars = show_bars and enabled
+        self.show_bars = settings.progress and enabled
+        self.histograms_every = settings.histograms_every
+        self.resumed = resumed_at is not None
+        self.shown: tuple[Tensor, Tensor] | None = None  # the fixed validation images
         if not enabled:
             log.setLevel(logging.WARNING)
 
@@ -54,17 +122,14 @@ class TrainingReport:
         self._redirect.__exit__(*exc)
         self.board.close()
 
-    def start(self, training: Training, resumed_from: Path | None, position: Position) -> None:
-        model, compute = training.model, training.compute
+    def start(
+        self, training: Training, config: dict, resumed_from: Path | None, position: Position
+    ) -> None:
+        model, compute, splits = training.model, training.compute, training.data
         if resumed_from:
-            log.info(
-                "Resuming %s at step %d (epoch %d)", resumed_from, position.step, position.epoch + 1
-            )
-        log.info(
-            "Data: %s; %d training batches per epoch",
-            training.data.origin,
-            len(training.data.train),
-        )
+            at = (position.step, position.epoch + 1)
+            log.info("Resuming %s at step %d (epoch %d)", resumed_from, *at)
+        log.info("Data: %s; %d training batches per epoch", splits.origin, len(splits.train))
         log.info(
             "Model: %s, %d parameters, on %s, %s",
             type(model).__name__,
@@ -72,6 +137,17 @@ class TrainingReport:
             compute.device,
             "bf16 autocast" if compute.bf16 else "float32",
         )
+        if splits.val is not None:
+            images, labels = next(splits.val.epoch())
+            self.shown = (pixels(images[:SHOWN_PREDICTIONS]), labels[:SHOWN_PREDICTIONS].cpu())
+        if self.resumed or not self.board.enabled:
+            return
+        yaml = OmegaConf.to_yaml(config)
+        self.board.text("config", "\n".join("    " + line for line in yaml.splitlines()))
+        self.board.hyperparameters_start(hparams(config), metric_tags(config))
+        images, _ = next(splits.train.epoch(0))  # augmented, as the model sees them
+        self.board.image("train/batch", grid(pixels(images[:64])))
+        self.board.graph(model, compute.images(images[:1]))
 
     def epochs(self, position: Position, total: int) -> Iterator[int]:
         """The epochs still to train, under an "epochs" bar."""
@@ -98,23 +174,57 @@ class TrainingReport:
             yield step
 
     def validation(
-        self, position: Position, epochs: int, val: Metrics | None, seconds: float
+        self,
+        training: Training,
+        position: Position,
+        epochs: int,
+        val: Metrics | None,
+        seconds: float,
     ) -> None:
+        step = position.step
         if val:
-            self.board.scalars(position.step, **val.as_dict("val"))
-            self.board.confusion("val/confusion", val.confusion, position.step)
+            self.board.scalars(step, **val.as_dict("val"))
+            self.board.confusion("val/confusion", val.confusion, step)
+            if self.shown is not None and self.board.enabled:
+                images, labels = self.shown
+                q = softmax(val.logits[: len(labels)].double(), dim=1)
+                figure = validation_predictions(images, labels, q, list(data.CLASSES), step)
+                self.board.figure("val/predictions", figure, step)
+        if self.histograms_every and position.epoch % self.histograms_every == 0:
+            self.board.histograms(training.model, step)
         log.info(
             "epoch %d/%d  step %d  %s  %.1fs",
             position.epoch,
             epochs,
-            position.step,
+            step,
             f"val loss {val.loss:.4f} acc {val.accuracy:.4f}" if val else "(no validation split)",
             seconds,
         )
 
-    def test(self, step: int, test: Metrics, hparams: dict[str, Any], metrics: dict) -> None:
-        """The final test of the run's model, and the hyper-parameters against its metrics."""
+    def test(self, training: Training, step: int, test: Metrics, metrics: dict) -> None:
+        """The final test of the run's model, its curves and embedding, and its timings."""
         self.board.scalars(step, **test.as_dict("test"))
+        self.board.scalars(
+            step,
+            train_seconds=metrics["train_seconds"],
+            train_images_per_second=metrics["train_images_per_second"],
+        )
         self.board.confusion("test/confusion", test.confusion, step)
-        reported = {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
-        self.board.hyperparameters(hparams, reported)
+        if not self.board.enabled:
+            return
+        classes = list(data.CLASSES)
+        probabilities = softmax(test.logits.double(), dim=1).float()
+        self.board.pr_curves("test/pr", probabilities, test.labels, classes, step)
+        features, images, labels = embed(
+            training.model, training.data.test, training.compute, EMBEDDED
+        )
+        names = [classes[k] for k in labels.tolist()]
+        self.board.embedding("test_features", features, names, pixels(images), step)
+        self.board.hyperparameters_end()
+
+
+def grid(images: Tensor, columns: int = 8) -> Tensor:
+    """(N, 1, 28, 28) images in [0, 1] as one image (torchvision's make_grid)."""
+    from torchvision.utils import make_grid
+
+    return make_grid(images, nrow=columns, padding=2, pad_value=1.0)
