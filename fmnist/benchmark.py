@@ -186,21 +186,53 @@ def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
     }
 
 
-def preset_run(preset: str | None, timeout: float) -> dict:
-    """Wall time of a whole `scripts/train.py` process (start to finish) and its test accuracy."""
+def preset_run(preset: str, timeout: float) -> dict:
+    """Wall time of a whole `scripts/train.py` process (start to finish), its training time and
+    test accuracy. `preset`: an experiment (`fast`), `default`, or any overrides (`a=1 b=2`)."""
+    overrides = [] if preset == "default" else preset.split()
+    overrides = [f"experiment={preset}"] if "=" not in preset and preset != "default" else overrides
     with tempfile.TemporaryDirectory() as run_dir:
         command = [
             sys.executable,
             str(SCRIPTS / "train.py"),
             "trainer.progress=false",
             f"hydra.run.dir={run_dir}",
+            *overrides,
         ]
-        command += [f"experiment={preset}"] if preset else []
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, timeout=timeout)
         wall = time.perf_counter() - start
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    return {"preset": preset or "default", "wall_seconds": round(wall, 1), **metrics}
+    return {"preset": preset, "wall_seconds": round(wall, 1), **metrics}
+
+
+def preset_medians(runs: list[dict]) -> dict:
+    """One preset's runs: each run's figures, and the medians a table reports."""
+    return {
+        "preset": runs[0]["preset"],
+        "runs": len(runs),
+        **{
+            key: statistics.median(run[key] for run in runs)
+            for key in ("wall_seconds", "train_seconds", "test_acc")
+        },
+        "each": [
+            {key: run[key] for key in ("wall_seconds", "train_seconds", "test_acc")} for run in runs
+        ],
+    }
+
+
+TARGETS = (0.91, 0.92, 0.93, 0.94, 0.95)
+
+
+def time_to_accuracy(presets: list[dict], targets: Sequence[float] = TARGETS) -> list[dict]:
+    """For each target test accuracy, the quickest preset (median whole-process time) whose
+    median test accuracy reaches it; None where none does."""
+    rows = []
+    for target in targets:
+        reaching = [p for p in presets if p["test_acc"] >= target]
+        best = min(reaching, key=lambda p: p["wall_seconds"]) if reaching else None
+        rows.append({"target": target, **({} if best is None else best)})
+    return rows
 
 
 def machine() -> dict:
@@ -262,12 +294,21 @@ def table(results: dict) -> str:
         )
     rows += [
         (
-            f"preset {row['preset']}",
+            f"preset {row['preset']} (median of {row['runs']})",
             f"{row['wall_seconds']} s",
             f"test acc {row['test_acc']:.4f}",
-            "",
+            f"training {row['train_seconds']} s",
         )
         for row in results["presets"]
+    ]
+    rows += [
+        (
+            f"time to {row['target']:.0%} test accuracy",
+            f"{row['wall_seconds']} s" if "preset" in row else "",
+            row.get("preset", "not reached"),
+            f"training {row['train_seconds']} s" if "preset" in row else "",
+        )
+        for row in results.get("time_to_accuracy", [])
     ]
     return "\n".join(f"{a:42s} {b!s:>12s} {c!s:>14s}   {d}" for a, b, c, d in rows)
 
@@ -300,12 +341,16 @@ def main(cfg: DictConfig) -> dict:
             [tuple(shape) for shape in cfg.loss_shapes], cfg.repeats, cfg.loss_calls
         ),
         "presets": [
-            preset_run(None if preset == "default" else preset, cfg.preset_timeout)
+            preset_medians(
+                [preset_run(str(preset), cfg.preset_timeout) for _ in range(cfg.preset_repeats)]
+            )
             for preset in cfg.presets
         ],
     }
     if cfg.agreement_steps:
         results["loss_agreement"] = loss_agreement(cfg.agreement_steps, cfg.agreement_overrides)
+    if results["presets"]:
+        results["time_to_accuracy"] = time_to_accuracy(results["presets"])
 
     out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)

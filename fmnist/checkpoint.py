@@ -125,8 +125,18 @@ def build_model(checkpoint: dict[str, Any], path: Path | str = "the checkpoint")
             f"{path} has an invalid model config: {str(error).splitlines()[0]}"
         ) from None
     model = instantiate(OmegaConf.structured(model_cfg))
-    _load_weights(model, checkpoint.get("model"), path, target)
+    _load_weights(model, evaluated_weights(checkpoint), path, target)
     return model
+
+
+def evaluated_weights(checkpoint: dict[str, Any]) -> object:
+    """The weights a run validated and tested: the average of its weights when it kept one
+    (`trainer.ema_decay`), else its weights."""
+    average = checkpoint.get("ema")
+    if not isinstance(average, dict):
+        return checkpoint.get("model")
+    prefix = "module."  # torch.optim.swa_utils.AveragedModel's state_dict wraps the model
+    return {k.removeprefix(prefix): v for k, v in average.items() if k.startswith(prefix)}
 
 
 def _load_weights(model: nn.Module, weights: object, path: Path | str, target: str) -> None:

@@ -77,6 +77,7 @@ class DataConfig:
     subset: int | None = None  # N: train on the first N shuffled training samples only
     crop_padding: int = 2  # random crop after padding by this many pixels; 0: off
     flip: bool = True  # random horizontal flip
+    erase: float = 0.0  # random erasing: the share of training images with a box blacked out
     num_workers: int = 2  # loader=torch only
 
     def __post_init__(self) -> None:
@@ -88,6 +89,7 @@ class DataConfig:
         require(
             0 <= self.crop_padding <= 14, "data.crop_padding", self.crop_padding, "must be in 0..14"
         )
+        require(0 <= self.erase <= 1, "data.erase", self.erase, "must be in [0, 1]")
         at_least("data.num_workers", self.num_workers, 0, "must be 0 or more")
 
 
@@ -267,6 +269,7 @@ class TrainerConfig:
     skip_nonfinite: bool = False  # true: skip steps whose loss is NaN/inf (counted), not stop
     max_skipped_in_a_row: int = 10  # with skip_nonfinite: stop after more skips in a row
     histograms_every: int = 0  # TensorBoard weight and gradient histograms every N epochs; 0: off
+    ema_decay: float = 0.0  # > 0: validate, test and save an average of the weights; 0: off
 
     def __post_init__(self) -> None:
         at_least("trainer.max_epochs", self.max_epochs, 1)
@@ -287,6 +290,7 @@ class TrainerConfig:
         )
         at_least("trainer.max_skipped_in_a_row", self.max_skipped_in_a_row, 1)
         at_least("trainer.histograms_every", self.histograms_every, 0, "must be 0 (off) or more")
+        require(0 <= self.ema_decay < 1, "trainer.ema_decay", self.ema_decay, "must be in [0, 1)")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fmnist import data, distributed
 from fmnist.errors import UserError
@@ -194,6 +195,13 @@ class Training:
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None = None  # an exponential moving average of the weights
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model that validation and test judge: the average of the weights when there is
+        one, else the trained model itself."""
+        return self.ema.module if self.ema is not None else self.trained
 
 
 @dataclass
@@ -215,6 +223,13 @@ class Step:
     loss: float  # mean training loss of the global batch
     accuracy: float  # its accuracy
     lr: float  # the learning rate it used
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics, updated
+    after each step: average <- decay * average + (1 - decay) * weights (PyTorch's own
+    AveragedModel; the first update copies the weights)."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class NonFiniteLoss(UserError):
@@ -251,6 +266,8 @@ def train_epoch(training: Training, position: Position, max_skipped: int = 0) ->
         lr = training.optimizer.param_groups[0]["lr"]
         training.optimizer.step()
         training.scheduler.step()
+        if training.ema is not None:
+            training.ema.update_parameters(training.model)
         position.step += 1
         position.skipped_in_a_row = 0
         yield Step(position.step, loss_value, accuracy, lr)

@@ -66,6 +66,7 @@ class DeviceLoader:
         shuffle: bool = False,
         crop_padding: int = 0,
         flip: bool = False,
+        erase: float = 0.0,
         mean: float = data.MEAN,
         std: float = data.STD,
     ) -> None:
@@ -76,7 +77,7 @@ class DeviceLoader:
         self.labels = labels.to(device)
         self.num_samples = len(labels)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.crop_padding, self.flip = crop_padding, flip
+        self.crop_padding, self.flip, self.erase = crop_padding, flip, erase
         self.device = device
 
     def __len__(self) -> int:
@@ -94,21 +95,50 @@ class DeviceLoader:
             if self.flip
             else torch.zeros(n, dtype=torch.bool)
         )
+        boxes = erasing_boxes(n, self.erase, generator) if self.erase else None
         order, offsets, flips = (
             order.to(self.device),
             offsets.to(self.device),
             flips.to(self.device),
         )
+        boxes = None if boxes is None else boxes.to(self.device)
         steps = torch.arange(side, device=self.device)
         for start in range(start_batch * self.batch_size, n, self.batch_size):
             # Under torchrun each rank takes its part of the global batch.
-            index = distributed.shard(order[start : start + self.batch_size])
-            dy, dx = distributed.shard(offsets[:, start : start + self.batch_size].T).T
-            flip = distributed.shard(flips[start : start + self.batch_size])[:, None]
+            batch = slice(start, start + self.batch_size)
+            index = distributed.shard(order[batch])
+            dy, dx = distributed.shard(offsets[:, batch].T).T
+            flip = distributed.shard(flips[batch])[:, None]
             rows = dy[:, None] + steps  # (B, 28): which padded rows each sample's window covers
             cols = dx[:, None] + torch.where(flip, side - 1 - steps, steps)  # reversed = h-flip
             images = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
+            if boxes is not None:
+                top, left, bottom, right = distributed.shard(boxes[:, batch].T).T[..., None]
+                inside = (steps >= top) & (steps < bottom), (steps >= left) & (steps < right)
+                images = images.masked_fill(
+                    inside[0][:, :, None] & inside[1][:, None, :], data.BACKGROUND
+                )
             yield images.unsqueeze(1), self.labels[index]
+
+
+# Random erasing (Zhong et al. 2017), with torchvision's RandomErasing ranges: a box covering
+# 2% to 33% of the image, of aspect ratio 0.3 to 3.3 (log-uniform), filled with black.
+ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
+
+
+def erasing_boxes(n: int, p: float, generator: torch.Generator) -> Tensor:
+    """(4, n) int64: each sample's erased box, top, left, bottom, right (exclusive), drawn at
+    once for the epoch; with probability 1 - p a sample's box is empty."""
+    side = data.SIDE
+    area = torch.empty(n).uniform_(*ERASE_SCALE, generator=generator) * side * side
+    log_ratio = torch.empty(n).uniform_(*map(math.log, ERASE_RATIO), generator=generator)
+    ratio = log_ratio.exp()
+    height = (area * ratio).sqrt().round().clamp(1, side).long()
+    width = (area / ratio).sqrt().round().clamp(1, side).long()
+    top = (torch.rand(n, generator=generator) * (side - height + 1)).long()
+    left = (torch.rand(n, generator=generator) * (side - width + 1)).long()
+    erased = torch.rand(n, generator=generator) < p
+    return torch.stack([top, left, top + height * erased, left + width * erased])
 
 
 class TorchLoader:
@@ -156,14 +186,26 @@ class TorchLoader:
             )
 
 
-def torchvision_dataset(root: str, train: bool, crop_padding: int = 0, flip: bool = False):
+def torchvision_dataset(
+    root: str, train: bool, crop_padding: int = 0, flip: bool = False, erase: float = 0.0
+):
     """torchvision's FashionMNIST with the textbook per-sample transforms."""
     from torchvision import datasets, transforms
 
     augment = [transforms.RandomCrop(data.SIDE, padding=crop_padding)] if crop_padding else []
     augment += [transforms.RandomHorizontalFlip()] if flip else []
+    erasing = (
+        [transforms.RandomErasing(erase, ERASE_SCALE, ERASE_RATIO, value=data.BACKGROUND)]
+        if erase
+        else []
+    )
     transform = transforms.Compose(
-        [*augment, transforms.ToTensor(), transforms.Normalize((data.MEAN,), (data.STD,))]
+        [
+            *augment,
+            transforms.ToTensor(),
+            transforms.Normalize((data.MEAN,), (data.STD,)),
+            *erasing,
+        ]
     )
     return datasets.FashionMNIST(root, train=train, transform=transform, download=False)
 
@@ -190,6 +232,7 @@ class FashionMNIST:
         subset: int | None,
         crop_padding: int,
         flip: bool,
+        erase: float,
         num_workers: int,
     ) -> None:
         distributed.per_rank_batch(batch_size, "data.batch_size")
@@ -197,7 +240,7 @@ class FashionMNIST:
         self.origin = data.prepare(root, tuple(source_dirs), download)
         root = str(data.resolve_root(root))
         train_index, val_index = split_train_val(seed, val_size, subset)
-        augment = {"crop_padding": crop_padding, "flip": flip}
+        augment = {"crop_padding": crop_padding, "flip": flip, "erase": erase}
         if loader == "device":
             images, labels = data.load_split("train", root)
             test_images, test_labels = data.load_split("test", root)

@@ -72,6 +72,7 @@ class Checkpoints:
         checkpoint.save(
             self.directory / name,
             model=training.model.state_dict(),
+            **({"ema": training.ema.state_dict()} if training.ema is not None else {}),
             optimizer=training.optimizer.state_dict(),
             scheduler=training.scheduler.state_dict(),
             position=vars(progress.position).copy(),
@@ -95,6 +96,8 @@ class Checkpoints:
         state = checkpoint.load(source)
         check_same_config(state, self.config, source)
         training.model.load_state_dict(state["model"])
+        if training.ema is not None:
+            training.ema.load_state_dict(state["ema"])
         training.optimizer.load_state_dict(state["optimizer"])
         training.scheduler.load_state_dict(state["scheduler"])
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
@@ -111,6 +114,8 @@ class Checkpoints:
         distributed.barrier()
         best = checkpoint.load(self.directory / "best.pt")
         self.training.model.load_state_dict(best["model"])
+        if self.training.ema is not None:
+            self.training.ema.load_state_dict(best["ema"])
         return best
 
     def finish(self, best: dict[str, Any], metrics: dict) -> None:

@@ -16,7 +16,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fmnist import distributed, run_state, runs
 from fmnist.config import validate
-from fmnist.engine import Compute, NonFiniteLoss, Training, evaluate, train_epoch
+from fmnist.engine import (
+    Compute,
+    NonFiniteLoss,
+    Training,
+    evaluate,
+    train_epoch,
+    weight_average,
+)
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.report.training import TrainingReport
 
@@ -71,14 +78,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 ) from None
             progress.train_seconds += time.perf_counter() - start
 
-            val = data.val and evaluate(training.trained, data.val, training.compute, settings.tta)
+            val = data.val and evaluate(
+                training.evaluated, data.val, training.compute, settings.tta
+            )
             seconds = time.perf_counter() - start
             report.validation(training, position, settings.max_epochs, val, seconds)
             checkpoints.save_epoch(progress, val)  # last.pt, and best.pt if val improved
 
         # The run's result is its best model by validation accuracy: test it, once.
         best = checkpoints.load_best()
-        test = evaluate(training.trained, data.test, training.compute, settings.tta)
+        test = evaluate(training.evaluated, data.test, training.compute, settings.tta)
         metrics = {
             **best["metrics"],
             **test.as_dict("test"),
@@ -158,6 +167,6 @@ def build(cfg: DictConfig) -> Training:
         trained = DistributedDataParallel(model, device_ids=device_ids)
     if settings.compile:
         trained = torch.compile(trained)
-    return Training(
-        compute, data, model, trained, build_loss(cfg.loss, compute.device), optimizer, scheduler
-    )
+    ema = weight_average(model, settings.ema_decay) if settings.ema_decay else None
+    loss_fn = build_loss(cfg.loss, compute.device)
+    return Training(compute, data, model, trained, loss_fn, optimizer, scheduler, ema)

@@ -7,9 +7,10 @@ import json
 import pytest
 from conftest import run_script
 
-pytestmark = pytest.mark.slow
+from fmnist.benchmark import TARGETS, time_to_accuracy
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
     result = run_script(
         "scripts/benchmark.py",
@@ -19,6 +20,8 @@ def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
         "loss_calls=3",
         "loss_shapes=[[64,10]]",
         "agreement_steps=3",
+        "presets=[smoke]",
+        "preset_repeats=1",
         f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
@@ -31,3 +34,17 @@ def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
     assert results["loss_agreement"]["steps"] == 3
     assert results["loss_agreement"]["max_abs_difference"] < 1e-4
     assert "training images/s" in result.stdout and "loss fwd+bwd" in result.stdout
+    (smoke,) = results["presets"]
+    assert smoke["preset"] == "smoke" and smoke["runs"] == 1 and 0.3 < smoke["test_acc"] < 0.9
+    assert [row["target"] for row in results["time_to_accuracy"]] == list(TARGETS)
+    assert "time to 91% test accuracy" in result.stdout and "not reached" in result.stdout
+
+
+def test_time_to_accuracy_takes_the_quickest_preset_reaching_each_target():
+    presets = [
+        {"preset": "fast", "wall_seconds": 20, "train_seconds": 15, "test_acc": 0.922},
+        {"preset": "default", "wall_seconds": 300, "train_seconds": 290, "test_acc": 0.941},
+        {"preset": "slow", "wall_seconds": 400, "train_seconds": 390, "test_acc": 0.935},
+    ]
+    rows = time_to_accuracy(presets, (0.92, 0.93, 0.94, 0.95))
+    assert [row.get("preset") for row in rows] == ["fast", "default", "default", None]

@@ -109,3 +109,27 @@ def test_without_skipping_a_non_finite_loss_stops_at_once(data_root):
     ):
         list(train_epoch(training, position))
     assert position.step == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The average of the weights (trainer.ema_decay)
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_weight_average_is_the_hand_computed_one_after_3_steps(data_root):
+    training = build(compose_train(["experiment=smoke", "trainer.ema_decay=0.75"]))
+    seen = []  # the weights (and BatchNorm statistics) after each step
+    for step in train_epoch(training, Position()):
+        seen.append({k: v.detach().clone().float() for k, v in training.model.state_dict().items()})
+        if step.number == 3:
+            break
+    expected = seen[0]  # the first update copies
+    for weights in seen[1:]:
+        expected = {k: 0.75 * expected[k] + 0.25 * weights[k] for k in weights}
+    average = training.ema.module.state_dict()
+    for name, value in expected.items():
+        if "num_batches_tracked" in name:
+            continue  # an integer count: not averaged
+        torch.testing.assert_close(average[name].float(), value, rtol=1e-6, atol=1e-7)
+    assert training.evaluated is training.ema.module
+    assert not torch.equal(average["head.3.weight"], training.model.state_dict()["head.3.weight"])

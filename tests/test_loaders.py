@@ -149,3 +149,30 @@ def test_train_batches_have_the_right_shape(data_root, loader):
     assert split.val is None
     shapes = [tuple(x.shape) for x, _ in split.train.epoch(0)]
     assert shapes == [(128, 1, 28, 28), (128, 1, 28, 28), (44, 1, 28, 28)]
+
+
+def test_random_erasing_blacks_out_one_box_on_the_share_asked_for():
+    """Every pixel 200 (bright), no crops: the erased pixels are the only black ones."""
+    n = 4000
+    loader = DeviceLoader(
+        torch.full((n, 28, 28), 200, dtype=torch.uint8),
+        torch.arange(n),
+        n,
+        CPU,
+        0,
+        True,
+        erase=0.5,
+    )
+    images, _ = next(loader.epoch(0))
+    black = denormalise(images[:, 0]).round() == 0
+    erased = black.any(2).any(1)
+    assert 0.47 < erased.float().mean() < 0.53  # p = 0.5
+    for box in black[erased][:200]:  # each a solid rectangle of 2% to 33% of the image
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        height, width = len(rows), len(cols)
+        assert box.sum() == height * width and rows[-1] - rows[0] + 1 == height
+        assert 0.015 < height * width / 784 < 0.35
+    again, _ = next(loader.epoch(0))
+    assert torch.equal(images, again)  # a pure function of (seed, epoch), like crops and flips
+    plain = DeviceLoader(torch.full((n, 28, 28), 200, dtype=torch.uint8), torch.arange(n), n, CPU)
+    assert not (denormalise(next(plain.epoch(0))[0]).round() == 0).any()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE, events, hparams_sessions, run_in_process, run_script, scalars
+from conftest import ROOT, SMOKE, events, hparams_sessions, run_in_process, run_script, scalars
 
 from fmnist import checkpoint, data
+from fmnist.benchmark import compose_train
+from fmnist.engine import Position, train_epoch
 from fmnist.schedules import OneCycle
+from fmnist.train import build
 
 
 @pytest.fixture
@@ -248,3 +252,15 @@ def test_histograms_are_there_when_asked_for(data_root, tmp_path):
     histograms = events(tmp_path).Tags()["histograms"]
     assert "weights/features.0.0.weight" in histograms
     assert "gradients/features.0.0.weight" in histograms and "weights/head.3.bias" in histograms
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+)
+def test_every_preset_composes_and_trains(data_root, preset):
+    """On the CPU, on a few images: every preset builds and takes its first steps."""
+    cfg = compose_train([f"experiment={preset}", "trainer.device=cpu", "data.subset=2048"])
+    training = build(cfg)
+    steps = [step for _, step in zip(range(2), train_epoch(training, Position()), strict=False)]
+    assert [step.number for step in steps] == [1, 2]
+    assert all(math.isfinite(step.loss) for step in steps)
