@@ -199,9 +199,14 @@ class Training:
 
     @property
     def evaluated(self) -> nn.Module:
-        """The model that validation and test judge: the average of the weights when there is
-        one, else the trained model itself."""
+        """What validation and test run: the average of the weights when there is one, else the
+        trained model (through its DDP or compiled wrapper)."""
         return self.ema.module if self.ema is not None else self.trained
+
+    @property
+    def evaluated_module(self) -> nn.Module:
+        """The plain nn.Module behind `evaluated`, for what only one rank does (TensorBoard)."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass

@@ -216,7 +216,7 @@ class TrainingReport:
         probabilities = softmax(test.logits.double(), dim=1).float()
         self.board.pr_curves("test/pr", probabilities, test.labels, classes, step)
         features, images, labels = embed(
-            training.evaluated, training.data.test, training.compute, EMBEDDED
+            training.evaluated_module, training.data.test, training.compute, EMBEDDED
         )
         names = [classes[k] for k in labels.tolist()]
         self.board.embedding("test_features", features, names, pixels(images), step)
