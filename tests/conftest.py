@@ -13,10 +13,12 @@ import runpy
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist import data
@@ -75,6 +77,33 @@ def run_in_process(script: str, *args: str, cwd: Path | None = None):
         sys.argv = argv
         os.chdir(before)
     return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+def start_training(cwd: Path, *overrides: str) -> subprocess.Popen:
+    """scripts/train.py as a real process in `cwd`, running on while the test watches it."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(
+    cwd: Path, process: subprocess.Popen, step: int = 1, pattern: str = "outputs/runs/*"
+) -> Path:
+    """The last.pt of the run (`pattern` under `cwd`) as soon as it records `step` or more."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        for path in cwd.glob(f"{pattern}/checkpoints/last.pt"):
+            try:
+                if torch.load(path, weights_only=True)["step"] >= step:
+                    return path
+            except Exception:  # being replaced right now
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step {step}: {process.poll()=}")
 
 
 @pytest.fixture(scope="session")

@@ -9,21 +9,22 @@ from conftest import run_script
 
 from fmnist.benchmark import TARGETS, time_to_accuracy
 
+# Every figure, each from as little work as measures it at all.
+QUICK = [
+    "steps=2",
+    "repeats=1",
+    "data_subset=1024",
+    "loss_calls=3",
+    "loss_shapes=[[64,10]]",
+    "agreement_steps=3",
+    "presets=[smoke]",
+    "preset_repeats=1",
+]
+
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
-    result = run_script(
-        "scripts/benchmark.py",
-        "steps=2",
-        "repeats=1",
-        "data_subset=1024",
-        "loss_calls=3",
-        "loss_shapes=[[64,10]]",
-        "agreement_steps=3",
-        "presets=[smoke]",
-        "preset_repeats=1",
-        f"hydra.run.dir={tmp_path}",
-    )
+    result = run_script("scripts/benchmark.py", *QUICK, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "benchmark.json").read_text())
     train = results["training_images_per_second"]

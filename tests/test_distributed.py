@@ -9,12 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, scalars
+from conftest import ROOT, SMOKE, scalars, wait_for_checkpoint
 
 from fmnist import checkpoint
 
@@ -214,17 +213,8 @@ def test_a_killed_worker_is_restarted_and_resumes_to_the_same_weights(cnn_run, t
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 240
-    while True:
-        assert time.monotonic() < deadline and agent.poll() is None, "no checkpoint at step 5"
-        last = list(tmp_path.glob("outputs/runs/*/checkpoints/last.pt"))
-        try:
-            if last and checkpoint.load(last[0])["step"] >= 5:
-                break
-        except Exception:  # being replaced right now
-            pass
-        time.sleep(0.05)
-    rank0 = int((last[0].parent.parent / ".lock").read_text())
+    last = wait_for_checkpoint(tmp_path, agent, step=5)
+    rank0 = int((last.parent.parent / ".lock").read_text())
     os.kill(rank0, signal.SIGKILL)
     _, stderr = agent.communicate(timeout=300)
     assert agent.returncode == 0, stderr[-3000:]

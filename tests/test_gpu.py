@@ -8,11 +8,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, run_script
+from conftest import ROOT, SMOKE, run_script, start_training, wait_for_checkpoint
 
 from fmnist import checkpoint
 
@@ -25,17 +24,8 @@ CUDA = [SMOKE, "trainer.device=cuda", "trainer.checkpoint_every_steps=1"]
 
 
 def test_stop_resume_and_evaluate_on_cuda(data_root, tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *CUDA],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("outputs/runs/*/checkpoints/last.pt")):
-        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
+    process = start_training(tmp_path, *CUDA)
+    wait_for_checkpoint(tmp_path, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, stderr

@@ -7,13 +7,18 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, hparams_sessions, run_script, scalars
+from conftest import (
+    SMOKE,
+    hparams_sessions,
+    run_script,
+    scalars,
+    start_training,
+    wait_for_checkpoint,
+)
 
 from fmnist.run_state import Interrupted, StopSignals
 
@@ -22,27 +27,11 @@ STEPS = 16  # 1024 / 128 = 8 steps per epoch, 2 epochs
 
 
 def start(cwd: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *SMALL, *overrides],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_training(cwd, *SMALL, *overrides)
 
 
-def wait_for_step(run_root: Path, step: int, process: subprocess.Popen) -> None:
-    """Wait until the run's last.pt is at `step` or beyond."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        for path in run_root.glob("outputs/runs/*/checkpoints/last.pt"):
-            try:
-                if torch.load(path, weights_only=True)["step"] >= step:
-                    return
-            except Exception:  # being replaced right now
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"the run never reached step {step}")
+def wait_for_step(cwd: Path, step: int, process: subprocess.Popen) -> None:
+    wait_for_checkpoint(cwd, process, step)
 
 
 def only_run(root: Path) -> Path:

@@ -8,12 +8,19 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, hparams_sessions, run_in_process, run_script, scalars
+from conftest import (
+    SMOKE,
+    hparams_sessions,
+    run_in_process,
+    run_script,
+    scalars,
+    start_training,
+    wait_for_checkpoint,
+)
 from omegaconf import OmegaConf
 
 from fmnist import checkpoint
@@ -24,18 +31,7 @@ from fmnist.run_state import Checkpoints, Progress
 from fmnist.runs import claim, new_directory
 from fmnist.train import build
 
-TRAIN = str(ROOT / "scripts" / "train.py")
 QUICK = [SMOKE, "data.subset=256", "trainer.max_epochs=1"]
-
-
-def start(cwd: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, TRAIN, *overrides],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def mode(path: Path) -> int:
@@ -73,9 +69,10 @@ def test_a_claimed_directory_is_refused_to_other_processes(tmp_path):
 def test_runs_started_together_keep_their_own_results(data_root, tmp_path):
     """Three runs and two sweeps started at the same moment: each its own directory, events,
     log, checkpoints and metrics."""
-    runs = [start(tmp_path, *QUICK, f"seed={seed}") for seed in (1, 2, 3)]
+    runs = [start_training(tmp_path, *QUICK, f"seed={seed}") for seed in (1, 2, 3)]
     sweeps = [
-        start(tmp_path, "-m", *QUICK, f"seed={seed}", "loss=scratch,torch") for seed in (4, 5)
+        start_training(tmp_path, "-m", *QUICK, f"seed={seed}", "loss=scratch,torch")
+        for seed in (4, 5)
     ]
     for process in runs + sweeps:
         _, stderr = process.communicate(timeout=300)
@@ -123,11 +120,8 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_weights(data_root, tm
     whole.mkdir(), cut.mkdir()
     assert run_script("scripts/train.py", *SWEEP, cwd=whole).returncode == 0
 
-    process = start(cut, *SWEEP)
-    deadline = time.monotonic() + 240
-    while not list(cut.glob("outputs/multirun/*/1_*/checkpoints/last.pt")):
-        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
+    process = start_training(cut, *SWEEP)
+    wait_for_checkpoint(cut, process, pattern="outputs/multirun/*/1_*")
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
