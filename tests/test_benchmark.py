@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_script
 
-from fmnist.benchmark import TARGETS, time_to_accuracy
+from fmnist.benchmark import TARGETS, preset_summary, time_to_accuracy
 
 # Every figure, each from as little work as measures it at all.
 QUICK = [
@@ -37,6 +37,7 @@ def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
     assert "training images/s" in result.stdout and "loss fwd+bwd" in result.stdout
     (smoke,) = results["presets"]
     assert smoke["preset"] == "smoke" and smoke["runs"] == 1 and 0.3 < smoke["test_acc"] < 0.9
+    assert smoke["each"][0]["seed"] == 0 and smoke["test_acc_std"] == 0.0
     assert [row["target"] for row in results["time_to_accuracy"]] == list(TARGETS)
     assert "time to 91% test accuracy" in result.stdout and "not reached" in result.stdout
 
@@ -49,3 +50,21 @@ def test_time_to_accuracy_takes_the_quickest_preset_reaching_each_target():
     ]
     rows = time_to_accuracy(presets, (0.92, 0.93, 0.94, 0.95))
     assert [row.get("preset") for row in rows] == ["fast", "default", "default", None]
+
+
+def test_a_presets_summary_is_median_times_and_mean_accuracy_over_its_seeds():
+    runs = [
+        {
+            "preset": "best",
+            "seed": seed,
+            "wall_seconds": wall,
+            "train_seconds": wall - 5,
+            "test_acc": acc,
+        }
+        for seed, wall, acc in ((0, 700, 0.95), (1, 760, 0.94), (2, 710, 0.96))
+    ]
+    summary = preset_summary(runs)
+    assert (summary["wall_seconds"], summary["train_seconds"]) == (710, 705)
+    assert summary["test_acc"] == pytest.approx(0.95, abs=1e-12)
+    assert summary["test_acc_std"] == pytest.approx(0.01, abs=1e-12)
+    assert [run["seed"] for run in summary["each"]] == [0, 1, 2]
