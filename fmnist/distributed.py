@@ -10,6 +10,7 @@ a no-op. (Which device a rank uses is fmnist.engine's choice: `engine.device`.)
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import TypeVar
 
@@ -53,6 +54,9 @@ def init() -> None:
         rank=rank,
         world_size=size,
     )
+    # Leave the group while the interpreter is whole: exiting with gloo's threads alive can abort
+    # a rank ("terminate called without an active exception", pytorch/pytorch#190489).
+    atexit.register(dist.destroy_process_group)
 
 
 def seed_per_rank(seed: int) -> None:
