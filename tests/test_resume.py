@@ -30,10 +30,6 @@ def start(cwd: Path, *overrides: str) -> subprocess.Popen:
     return start_training(cwd, *SMALL, *overrides)
 
 
-def wait_for_step(cwd: Path, step: int, process: subprocess.Popen) -> None:
-    wait_for_checkpoint(cwd, process, step)
-
-
 def only_run(root: Path) -> Path:
     (run_dir,) = root.glob("outputs/runs/*")
     return run_dir
@@ -50,7 +46,7 @@ def uninterrupted(data_root, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     process = start(tmp_path)
-    wait_for_step(tmp_path, random.randint(2, STEPS - 4), process)
+    wait_for_checkpoint(tmp_path, process, random.randint(2, STEPS - 4))
     process.kill()
     process.wait()
     run_dir = only_run(tmp_path)
@@ -78,7 +74,7 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
 @pytest.mark.slow
 def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
     process = start(tmp_path)
-    wait_for_step(tmp_path, 3, process)
+    wait_for_checkpoint(tmp_path, process, 3)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGINT
@@ -96,7 +92,7 @@ def test_sigint_saves_and_says_how_to_resume(data_root, tmp_path):
 @pytest.mark.slow
 def test_resume_with_another_config_is_refused(uninterrupted, tmp_path):
     process = start(tmp_path)
-    wait_for_step(tmp_path, 2, process)
+    wait_for_checkpoint(tmp_path, process, 2)
     process.kill()
     process.wait()
     checkpoint = only_run(tmp_path) / "checkpoints" / "last.pt"
