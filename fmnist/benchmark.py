@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from fmnist import runs
 from fmnist.config import validate
 from fmnist.engine import Position, bf16_is_fast, train_epoch
-from fmnist.errors import reports_user_errors
+from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_text_atomically
 from fmnist.losses import cross_entropy
 from fmnist.train import build
@@ -186,14 +187,32 @@ def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
     }
 
 
-def preset_run(preset: str, seed: int, timeout: float) -> dict:
-    """Wall time of a whole `scripts/train.py` process (start to finish), its training time and
-    test accuracy. `preset`: an experiment (`fast`), `default`, or any overrides (`a=1 b=2`);
-    `seed` is added unless the preset names one (then every repeat is the same run)."""
+def preset_overrides(preset: str, seed: int) -> list[str]:
+    """`scripts/train.py`'s overrides for a preset: an experiment (`fast`), `default`, or any
+    overrides (`a=1 b=2`); `seed=<seed>` unless the preset names its own seed."""
     overrides = [] if preset == "default" else preset.split()
     overrides = [f"experiment={preset}"] if "=" not in preset and preset != "default" else overrides
     if not any(override.startswith("seed=") for override in overrides):
         overrides.append(f"seed={seed}")
+    return overrides
+
+
+def check_presets(presets: Iterable[str]) -> None:
+    """Compose and validate every preset before anything is timed: a typo is one line at once,
+    not a traceback after minutes of measurements."""
+    for preset in presets:
+        try:
+            compose_train(preset_overrides(preset, 0))
+        except HydraException as e:
+            first_line = str(e).strip().splitlines()[0]
+            raise UserError(f"presets: {preset!r} is not a training config: {first_line}") from None
+
+
+def preset_run(preset: str, seed: int, timeout: float) -> dict:
+    """Wall time of a whole `scripts/train.py` process (start to finish), its training time and
+    test accuracy, with `preset_overrides(preset, seed)`; `seed` in the result is the one the
+    run used (the preset's own, where it names one: then every repeat is the same run)."""
+    overrides = preset_overrides(preset, seed)
     with tempfile.TemporaryDirectory() as run_dir:
         command = [
             sys.executable,
@@ -203,10 +222,19 @@ def preset_run(preset: str, seed: int, timeout: float) -> dict:
             *overrides,
         ]
         start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, timeout=timeout)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(
+                f"preset {preset!r} ran past preset_timeout={timeout:g} s: raise preset_timeout"
+            ) from None
         wall = time.perf_counter() - start
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise UserError(f"preset {preset!r} failed (exit {done.returncode}): {last}")
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    return {"preset": preset, "seed": seed, "wall_seconds": round(wall, 1), **metrics}
+    used_seed = [o.removeprefix("seed=") for o in overrides if o.startswith("seed=")][-1]
+    return {"preset": preset, "seed": int(used_seed), "wall_seconds": round(wall, 1), **metrics}
 
 
 def preset_summary(runs: list[dict]) -> dict:
@@ -300,7 +328,7 @@ def table(results: dict) -> str:
         )
     rows += [
         (
-            f"preset {row['preset']} ({row['runs']} seeds)",
+            f"preset {row['preset']} ({row['runs']} run{'s' * (row['runs'] > 1)})",
             f"{row['wall_seconds']} s",
             f"{row['test_acc']:.2%} ± {row['test_acc_std']:.2%}",
             f"training {row['train_seconds']} s",
@@ -322,6 +350,18 @@ def table(results: dict) -> str:
 @reports_user_errors
 def main(cfg: DictConfig) -> dict:
     """`scripts/benchmark.py`: measure, print a table, write benchmark.json to the run dir."""
+    with runs.removed_if_unused(runs.output_dir()) as out:
+        check_presets(cfg.presets)
+        results = measure(cfg)
+        write_text_atomically(out / "benchmark.json", json.dumps(results, indent=2) + "\n")
+    print(f"machine: {results['machine']}")
+    print(table(results))
+    print(f"wrote {out / 'benchmark.json'}")
+    return results
+
+
+def measure(cfg: DictConfig) -> dict:
+    """Every figure `cfg` asks for, as benchmark.json holds them."""
     pipelines = {"standard": STANDARD, "fmnist": (), "torch_loss": ("loss=torch",)}
     speeds = training_throughputs(pipelines, cfg.steps, cfg.repeats)
     # Rounded as reported, so the ratios are those of the figures printed beside them.
@@ -360,11 +400,4 @@ def main(cfg: DictConfig) -> dict:
         results["loss_agreement"] = loss_agreement(cfg.agreement_steps, cfg.agreement_overrides)
     if results["presets"]:
         results["time_to_accuracy"] = time_to_accuracy(results["presets"])
-
-    out = Path(HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out / "benchmark.json", json.dumps(results, indent=2) + "\n")
-    print(f"machine: {results['machine']}")
-    print(table(results))
-    print(f"wrote {out / 'benchmark.json'}")
     return results

@@ -83,6 +83,7 @@ EVALUATE = "scripts/evaluate.py"
 SNAPSHOT = "scripts/snapshot.py"
 PREDICT = "scripts/predict.py"
 EXPORT = "scripts/export.py"
+BENCHMARK = "scripts/benchmark.py"
 CASES = [
     # (script, arguments, what the message must say)
     (TRAIN, ["loss=foo"], "Could not find 'loss/foo'"),
@@ -199,6 +200,13 @@ CASES = [
     (EXPORT, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
     (EXPORT, ["ckpt_path={torch_pickle_ckpt}"], "was refused"),
     (EXPORT, ["ckpt_path={smoke_ckpt}", "format=tflite"], "choose one of onnx, torchscript"),
+    (
+        BENCHMARK,
+        ["presets=[fast,nosuch]"],
+        "presets: 'nosuch' is not a training config: "
+        "In 'train': Could not find 'experiment/nosuch'",
+    ),
+    (BENCHMARK, ['presets=["trainer.max_epochs=0"]'], "trainer.max_epochs=0 is invalid"),
 ]
 
 

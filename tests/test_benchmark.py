@@ -17,7 +17,7 @@ QUICK = [
     "loss_calls=3",
     "loss_shapes=[[64,10]]",
     "agreement_steps=3",
-    "presets=[smoke]",
+    'presets=[smoke,"experiment=smoke seed=3"]',
     "preset_repeats=1",
 ]
 
@@ -35,9 +35,11 @@ def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
     assert results["loss_agreement"]["steps"] == 3
     assert results["loss_agreement"]["max_abs_difference"] < 1e-4
     assert "training images/s" in result.stdout and "loss fwd+bwd" in result.stdout
-    (smoke,) = results["presets"]
+    smoke, seed_3 = results["presets"]
     assert smoke["preset"] == "smoke" and smoke["runs"] == 1 and 0.3 < smoke["test_acc"] < 0.9
     assert smoke["each"][0]["seed"] == 0 and smoke["test_acc_std"] == 0.0
+    assert seed_3["each"][0]["seed"] == 3  # the preset's own seed, not the repeat's
+    assert "preset smoke (1 run)" in result.stdout
     assert [row["target"] for row in results["time_to_accuracy"]] == list(TARGETS)
     assert "time to 91% test accuracy" in result.stdout and "not reached" in result.stdout
 
