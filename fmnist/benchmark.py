@@ -190,8 +190,12 @@ def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
 def preset_overrides(preset: str, seed: int) -> list[str]:
     """`scripts/train.py`'s overrides for a preset: an experiment (`fast`), `default`, or any
     overrides (`a=1 b=2`); `seed=<seed>` unless the preset names its own seed."""
-    overrides = [] if preset == "default" else preset.split()
-    overrides = [f"experiment={preset}"] if "=" not in preset and preset != "default" else overrides
+    if preset == "default":
+        overrides = []
+    elif "=" not in preset:
+        overrides = [f"experiment={preset}"]
+    else:
+        overrides = preset.split()
     if not any(override.startswith("seed=") for override in overrides):
         overrides.append(f"seed={seed}")
     return overrides
