@@ -132,7 +132,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
     """Everything eval.json holds, computed in memory (nothing is written here)."""
     loaded = checkpoint.load_model(cfg.ckpt_path)
     compute = loaded.compute(engine.device(cfg.device, "device"))
-    tta = loaded.setting("trainer.tta", str) if cfg.tta is None else cfg.tta
+    run_tta = loaded.setting("trainer.tta", str)
+    tta = run_tta if cfg.tta is None else cfg.tta
     batch_size = cfg.data.batch_size or loaded.setting("data.eval_batch_size", int)
     split = split_data(loaded, cfg.split, cfg.data.root)
     batches = DeviceLoader(
@@ -160,6 +161,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
         "precision": loaded.precision,
         "channels_last": compute.channels_last,
         "tta": tta,
+        "run_tta": run_tta,
         "batch_size": batch_size,
         "accuracy": accuracy,
         "correct": int(p.confusion.trace().item()),
@@ -168,7 +170,10 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
         "loss_difference": difference,
         "losses_agree": difference <= AGREE_TOLERANCE * max(1.0, abs(p.loss)),
         "recorded_accuracy": recorded,
-        "reproduces_recorded_accuracy": None if recorded is None else recorded == accuracy,
+        # Comparable only when the run evaluated the same views of each image.
+        "reproduces_recorded_accuracy": (
+            None if recorded is None or tta != run_tta else recorded == accuracy
+        ),
         "per_class": per_class(p.confusion, classes),
         "confusion": p.confusion.tolist(),
         "most_confused": most_confused(p.confusion, classes, cfg.top_confused),

@@ -49,6 +49,7 @@ def test_eval_json_reproduces_the_training_metrics(run, evaluated):
     assert results["training_metrics"] == metrics
     assert results["split"] == "test" and results["num_samples"] == 10000
     assert results["accuracy"] == metrics["test_acc"]  # exactly
+    assert results["tta"] == results["run_tta"] == "flip"
     assert results["reproduces_recorded_accuracy"] is True
     assert results["loss"] == pytest.approx(metrics["test_loss"], rel=1e-9, abs=0)
     assert results["losses_agree"] and results["loss_torch"] == pytest.approx(results["loss"])
@@ -98,6 +99,28 @@ def test_val_split_reproduces_the_recorded_val_accuracy(run, tmp_path):
     assert results["num_samples"] == 512
     assert results["accuracy"] == metrics["val_acc"]
     assert results["loss"] == pytest.approx(metrics["val_loss"], rel=1e-9, abs=0)
+
+
+def test_another_tta_is_not_compared_with_the_recorded_accuracy(run, tmp_path):
+    """The smoke run evaluated with flip TTA; `tta=flip_shift` averages 18 views instead, so its
+    accuracy is reported as not comparable with the recorded one (not as DIFFERS)."""
+    out = tmp_path / "out"
+    best = run / "checkpoints" / "best.pt"
+    result = run_in_process(
+        EVALUATE, f"ckpt_path={best}", "split=val", "tta=flip_shift", f"hydra.run.dir={out}"
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "eval.json").read_text())
+    val_acc = json.loads((run / "metrics.json").read_text())["val_acc"]
+    assert (results["tta"], results["run_tta"]) == ("flip_shift", "flip")
+    assert results["recorded_accuracy"] == val_acc
+    assert results["reproduces_recorded_accuracy"] is None
+    assert "TTA flip_shift (its run used TTA flip)" in result.stdout
+    assert "as its run did" not in result.stdout and "DIFFERS" not in result.stdout
+    assert (
+        f"Training recorded val_acc {val_acc:.4f} with TTA flip: not comparable with TTA "
+        "flip_shift." in result.stdout
+    )
 
 
 def test_evaluation_equals_the_training_loops_test_pass(run):

@@ -13,10 +13,11 @@ def evaluation(r: dict[str, Any]) -> str:
     mode = ("bf16 autocast" if r["precision"] == "bf16" else "float32") + (
         "" if r["tta"] == "none" else f", TTA {r['tta']}"
     )
+    same_tta = r["tta"] == r["run_tta"]
     lines = [
         f"Checkpoint: {r['ckpt_path']}",
         f"  {r['model']}, epoch {r['epoch']}, step {r['step']}; evaluated on {r['device']} in "
-        f"{mode}, as its run did",
+        f"{mode}" + (", as its run did" if same_tta else f" (its run used TTA {r['run_tta']})"),
         f"Split: {r['split']}, {r['num_samples']} images",
         "",
         f"Accuracy: {r['accuracy']:.4f} ({r['correct']} / {r['num_samples']})",
@@ -29,6 +30,11 @@ def evaluation(r: dict[str, Any]) -> str:
     recorded = r["recorded_accuracy"]
     if recorded is None:
         lines.append(f"(The checkpoint records no {r['split']} accuracy to compare with.)")
+    elif not same_tta:
+        lines.append(
+            f"Training recorded {r['split']}_acc {recorded:.4f} with TTA {r['run_tta']}: not "
+            f"comparable with TTA {r['tta']}."
+        )
     else:
         verdict = "reproduced exactly" if r["reproduces_recorded_accuracy"] else "DIFFERS"
         lines.append(f"Training recorded {r['split']}_acc {recorded:.4f}: {verdict}.")
