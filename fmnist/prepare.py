@@ -45,6 +45,7 @@ MARGIN = 0.02  # of the object's longest side, kept around its box (soft outline
 # torch.quantile over images.float().div(255).mean((1, 2)) and .std((1, 2), unbiased=False).
 TYPICAL_MEAN = (0.0567, 0.6033)
 TYPICAL_STD = (0.1222, 0.4497)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit grayscale PNG
 UNSURE_BELOW = 0.5  # a top probability under this: the model is unsure
 DOUBT_RULE = (
     f"A prediction is flagged when its top probability is under {UNSURE_BELOW}, or when the "
@@ -69,8 +70,11 @@ def grayscale(image: Image.Image) -> Tensor:
 
     Transparent pixels are shown on white first, as a product photo with a transparent
     background would be on a page: a cut-out object then gets the white background that the
-    dataset's own photos had (and `invert` turns it black).
+    dataset's own photos had (and `invert` turns it black). A 16-bit grayscale picture (PNG) is
+    scaled to 8 bits, 0..65535 to 0..255, rounded; Pillow's own conversion would clip it at 255.
     """
+    if image.mode in SIXTEEN_BIT_MODES:
+        return pixels_of(image.convert("I").point(lambda v: v / 257 + 0.5).convert("L"))
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

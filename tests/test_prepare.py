@@ -39,6 +39,21 @@ def test_grayscale_is_luminance_and_shows_transparency_on_white():
     assert gray[2, 2].item() == 0 and (gray.sum() == 255 * 15)
 
 
+def test_a_16_bit_picture_is_scaled_to_8_bits(tmp_path):
+    eight = torch.arange(256, dtype=torch.int32).view(16, 16)
+    sixteen = Image.new("I;16", (16, 16))
+    sixteen.putdata((eight * 257).flatten().tolist())  # 0..65535: what 8 bits * 257 gives
+    sixteen.putpixel((0, 0), 128)  # 128 / 257 = 0.498: rounds to 0
+    sixteen.putpixel((1, 0), 129 + 257)  # 1.502: rounds to 2
+    expected = eight.to(torch.uint8)
+    expected[0, 1] = 2
+    sixteen.save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as png:  # a real 16-bit PNG, as Pillow opens it
+        for image in (png, png.convert("I")):  # "I": as older Pillows open it
+            assert image.mode in P.SIXTEEN_BIT_MODES
+            assert torch.equal(P.grayscale(image), expected)
+
+
 def test_inversion_is_decided_by_the_border():
     dark_on_light = picture(40, 30, 240, (5, 5, 35, 25), 20)
     assert P.light_background(dark_on_light)
