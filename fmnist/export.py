@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,25 @@ def _onnx() -> Any:
     return onnx
 
 
+class GlobalMaxPool(nn.Module):
+    """`nn.AdaptiveMaxPool2d(1)` as an `amax` over height and width: the same values, as an ONNX
+    ReduceMax, which the exporters of torch 2.7 to 2.13 write (they cannot write
+    adaptive_max_pool2d; 2.14's turns it into a ReduceMax itself)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose global max-pools are `GlobalMaxPool`s, for the ONNX exporter."""
+    copy = deepcopy(model)
+    for module in list(copy.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.AdaptiveMaxPool2d) and child.output_size in (1, (1, 1)):
+                setattr(module, name, GlobalMaxPool())
+    return copy
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Without the exporter's warnings and its optimiser's INFO log lines (about its own graph
@@ -107,7 +127,7 @@ def export_onnx(model: Normalised, path: Path, meta: dict[str, str]) -> None:
     batch = torch.export.Dim("batch")
     with _quiet():
         program = torch.onnx.export(
-            model,
+            exportable(model),
             (torch.rand(2, 1, SIDE, SIDE),),
             input_names=[INPUT],
             output_names=[OUTPUT],

@@ -116,3 +116,14 @@ def test_an_export_that_disagrees_is_removed(trained_run, tmp_path, monkeypatch)
     with pytest.raises(UserError, match="computes other logits than the checkpoint"):
         export.export_checkpoint(str(trained_run), "torchscript", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exportable_swaps_the_global_max_pool_for_the_same_amax(trained_run):
+    model = checkpoint.load_model(trained_run).model.eval()
+    copy = export.exportable(model)
+    assert isinstance(model.head[0], torch.nn.AdaptiveMaxPool2d)  # the model itself is untouched
+    assert isinstance(copy.head[0], export.GlobalMaxPool)
+    assert not any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in copy.modules())
+    images = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(copy(images), model(images))  # a max is a max: bit for bit
