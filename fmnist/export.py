@@ -87,8 +87,8 @@ def _onnx() -> Any:
 
 class GlobalMaxPool(nn.Module):
     """`nn.AdaptiveMaxPool2d(1)` as an `amax` over height and width: the same values, as an ONNX
-    ReduceMax, which the exporters of torch 2.7 to 2.13 write (they cannot write
-    adaptive_max_pool2d; 2.14's turns it into a ReduceMax itself)."""
+    ReduceMax. The exporters of torch 2.7 to 2.11 (those tried) cannot write adaptive_max_pool2d;
+    2.14's turns it into a ReduceMax itself."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x.amax(dim=(2, 3), keepdim=True)
