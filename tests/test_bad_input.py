@@ -10,12 +10,12 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import SMOKE, RunsCode, png_header, run_script
+from conftest import SMOKE, RunsCode, png_header, run_in_process, run_script
 
 from fmnist import data
 from fmnist.prepare import image_of
 
-pytestmark = pytest.mark.slow  # a real process per case: the exit code, stderr, nothing written
+pytestmark = pytest.mark.slow  # the cases need a trained run; a real process for some
 
 
 @pytest.fixture(scope="module")
@@ -210,11 +210,42 @@ CASES = [
 ]
 
 
+# One case per script, and one per kind of failure (Hydra's, the schema's, the data's, a
+# checkpoint's, a picture's), also as a real process: the exit code and stderr a shell sees.
+REAL = {  # (script, its first argument)
+    (TRAIN, "loss=foo"),
+    (TRAIN, "optimizer.lr=0"),
+    (TRAIN, "data.root={corrupt_root}"),
+    (TRAIN, "ckpt_path={pickle_ckpt}"),
+    (EXPLAIN, "logits=[[1,2],[3]]"),
+    (EVALUATE,),
+    (SNAPSHOT, "target_class=10"),
+    (PREDICT, "ckpt_path={smoke_ckpt}", "images=[{truncated_picture}]"),
+    (EXPORT, "ckpt_path={foreign_ckpt}"),
+    (BENCHMARK, "presets=[fast,nosuch]"),
+}
+IN_A_REAL_PROCESS = [case for case in CASES if (case[0], *case[1]) in REAL]
+assert len(IN_A_REAL_PROCESS) == len(REAL), "REAL names a case CASES does not have"
+
+
 @pytest.mark.parametrize(("script", "arguments", "message"), CASES, ids=lambda v: str(v)[:40])
 def test_bad_input(files, tmp_path, script, arguments, message):
+    """Each case through the script's own entry point, in this process (`run_in_process`)."""
+    check(run_in_process, files, tmp_path, script, arguments, message)
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "message"), IN_A_REAL_PROCESS, ids=lambda v: str(v)[:40]
+)
+def test_bad_input_in_a_real_process(files, tmp_path, script, arguments, message):
+    check(run_script, files, tmp_path, script, arguments, message)
+
+
+def check(run, files, tmp_path, script, arguments, message) -> None:
+    """A non-zero exit, the message on stderr (ours: one line), no traceback, nothing written."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    result = run_script(script, *(a.format(**files) for a in arguments), cwd=cwd)
+    result = run(script, *(a.format(**files) for a in arguments), cwd=cwd)
     assert result.returncode != 0
     assert message.format(**files) in result.stderr
     assert "Traceback" not in result.stderr
