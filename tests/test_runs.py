@@ -246,8 +246,11 @@ def test_best_is_saved_before_last(data_root, tmp_path, monkeypatch):
 
 
 def test_evaluations_started_together_get_their_own_directories(trained_run, tmp_path):
-    first = run_in_process("scripts/evaluate.py", f"ckpt_path={trained_run}", cwd=tmp_path)
-    second = run_in_process("scripts/evaluate.py", f"ckpt_path={trained_run}", cwd=tmp_path)
+    """Two evaluations a moment apart (of the validation split: 512 images) get a directory
+    each, also when Hydra names both after the same second."""
+    evaluation = ("scripts/evaluate.py", f"ckpt_path={trained_run}", "split=val")
+    first = run_in_process(*evaluation, cwd=tmp_path)
+    second = run_in_process(*evaluation, cwd=tmp_path)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     outputs = sorted((tmp_path / "outputs" / "eval").iterdir())
     assert len(outputs) == 2 and all((out / "eval.json").is_file() for out in outputs)
