@@ -333,18 +333,18 @@ def table(results: dict) -> str:
     rows += [
         (
             f"preset {row['preset']} ({row['runs']} run{'s' * (row['runs'] > 1)})",
-            f"{row['wall_seconds']} s",
+            f"{row['wall_seconds']:.1f} s",
             f"{row['test_acc']:.2%} ± {row['test_acc_std']:.2%}",
-            f"training {row['train_seconds']} s",
+            f"training {row['train_seconds']:.1f} s",
         )
         for row in results["presets"]
     ]
     rows += [
         (
             f"time to {row['target']:.0%} test accuracy",
-            f"{row['wall_seconds']} s" if "preset" in row else "",
+            f"{row['wall_seconds']:.1f} s" if "preset" in row else "",
             row.get("preset", "not reached"),
-            f"training {row['train_seconds']} s" if "preset" in row else "",
+            f"training {row['train_seconds']:.1f} s" if "preset" in row else "",
         )
         for row in results.get("time_to_accuracy", [])
     ]
