@@ -212,7 +212,7 @@ CASES = [
 
 # One case per script, and one per kind of failure (Hydra's, the schema's, the data's, a
 # checkpoint's, a picture's), also as a real process: the exit code and stderr a shell sees.
-REAL = {  # (script, its first argument)
+REAL = {  # (script, *its arguments)
     (TRAIN, "loss=foo"),
     (TRAIN, "optimizer.lr=0"),
     (TRAIN, "data.root={corrupt_root}"),
