@@ -15,8 +15,9 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +25,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
+from torch import Tensor
 
 from fmnist import runs
 from fmnist.config import validate
-from fmnist.engine import Position, bf16_is_fast, train_epoch
+from fmnist.engine import Position, Training, bf16_is_fast, train_epoch
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_text_atomically
+from fmnist.loaders import Loader
 from fmnist.losses import cross_entropy
 from fmnist.train import build
 
@@ -63,7 +66,7 @@ def _interleaved_median_seconds(
     return {name: statistics.median(times[1:]) for name, times in seconds.items()}
 
 
-def _consume(iterator: Iterable) -> None:
+def _consume(iterator: Iterable[object]) -> None:
     """Run an iterator to its end, keeping nothing (the itertools "consume" recipe)."""
     deque(iterator, maxlen=0)
 
@@ -73,7 +76,7 @@ def loss_timings(
     repeats: int = 7,
     number: int = 200,
     seed: int = 0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Forward + backward time of our `cross_entropy` vs `F.cross_entropy` on (N, C) logits.
 
     Both run the training-loop case (class-index targets, mean reduction) and compute the
@@ -86,7 +89,11 @@ def loss_timings(
         logits = torch.randn(n, c, generator=generator).requires_grad_()
         target = torch.randint(0, c, (n,), generator=generator)
 
-        def calls(loss_fn: Callable, logits=logits, target=target) -> Callable[[int], None]:
+        def calls(
+            loss_fn: Callable[[Tensor, Tensor], Tensor],
+            logits: Tensor = logits,
+            target: Tensor = target,
+        ) -> Callable[[int], None]:
             return lambda _: _consume(
                 torch.autograd.grad(loss_fn(logits, target), logits) for _ in range(number)
             )
@@ -118,7 +125,7 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
 
 
 def training_throughputs(
-    variants: dict[str, Sequence[str]], steps: int, repeats: int
+    variants: Mapping[str, Sequence[str]], steps: int, repeats: int
 ) -> dict[str, float]:
     """Median training images/s of the real loop (`engine.train_epoch`) for each set of overrides.
 
@@ -139,26 +146,32 @@ def training_throughputs(
                 ]
             )
         )
-        runs[name] = lambda epoch, training=training: _consume(
-            train_epoch(training, Position(epoch=epoch))
-        )
+
+        def run(epoch: int, training: Training = training) -> None:
+            _consume(train_epoch(training, Position(epoch=epoch)))
+
+        runs[name] = run
     seconds = _interleaved_median_seconds(runs, repeats)
     return {name: images[name] / seconds[name] for name in variants}
 
 
 def data_path_seconds(
-    variants: dict[str, Sequence[str]], repeats: int, subset: int | None = None
+    variants: Mapping[str, Sequence[str]], repeats: int, subset: int | None = None
 ) -> dict[str, float]:
     """Median seconds to produce one training epoch's batches, with no model at all."""
     extra = [f"data.subset={subset}"] if subset else []
     runs: dict[str, Callable[[int], object]] = {}
     for name, overrides in variants.items():
         train = build(compose_train([*overrides, *extra, "trainer.progress=false"])).data.train
-        runs[name] = lambda epoch, train=train: _consume(train.epoch(epoch))
+
+        def run(epoch: int, train: Loader = train) -> None:
+            _consume(train.epoch(epoch))
+
+        runs[name] = run
     return _interleaved_median_seconds(runs, repeats)
 
 
-def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict:
+def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Per-step training losses with loss=scratch and loss=torch (fp32, deterministic CPU)."""
     curves = {}
     for loss in ("scratch", "torch"):
@@ -212,7 +225,7 @@ def check_presets(presets: Iterable[str]) -> None:
             raise UserError(f"presets: {preset!r} is not a training config: {first_line}") from None
 
 
-def preset_run(preset: str, seed: int, timeout: float) -> dict:
+def preset_run(preset: str, seed: int, timeout: float) -> dict[str, Any]:
     """Wall time of a whole `scripts/train.py` process (start to finish), its training time and
     test accuracy, with `preset_overrides(preset, seed)`; `seed` in the result is the one the
     run used (the preset's own, where it names one: then every repeat is the same run)."""
@@ -241,7 +254,7 @@ def preset_run(preset: str, seed: int, timeout: float) -> dict:
     return {"preset": preset, "seed": int(used_seed), "wall_seconds": round(wall, 1), **metrics}
 
 
-def preset_summary(runs: list[dict]) -> dict:
+def preset_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One preset's runs (seeds 0, 1, ...): each run's figures, the median times and the mean
     and standard deviation of the test accuracy, which the time-to-accuracy table uses."""
     accuracies = [run["test_acc"] for run in runs]
@@ -262,7 +275,9 @@ def preset_summary(runs: list[dict]) -> dict:
 TARGETS = (0.91, 0.92, 0.93, 0.94, 0.95)
 
 
-def time_to_accuracy(presets: list[dict], targets: Sequence[float] = TARGETS) -> list[dict]:
+def time_to_accuracy(
+    presets: list[dict[str, Any]], targets: Sequence[float] = TARGETS
+) -> list[dict[str, Any]]:
     """For each target test accuracy, the quickest preset (median whole-process time) whose
     mean test accuracy reaches it; None where none does."""
     rows = []
@@ -273,7 +288,7 @@ def time_to_accuracy(presets: list[dict], targets: Sequence[float] = TARGETS) ->
     return rows
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     cpu = (
         next(
@@ -297,7 +312,7 @@ def machine() -> dict:
     }
 
 
-def table(results: dict) -> str:
+def table(results: dict[str, Any]) -> str:
     """The figures as a plain-text table."""
     train, data = results["training_images_per_second"], results["data_path_seconds_per_epoch"]
     rows = [
@@ -352,7 +367,7 @@ def table(results: dict) -> str:
 
 
 @reports_user_errors
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> dict[str, Any]:
     """`scripts/benchmark.py`: measure, print a table, write benchmark.json to the run dir."""
     with runs.removed_if_unused(runs.output_dir()) as out:
         check_presets(cfg.presets)
@@ -364,7 +379,7 @@ def main(cfg: DictConfig) -> dict:
     return results
 
 
-def measure(cfg: DictConfig) -> dict:
+def measure(cfg: DictConfig) -> dict[str, Any]:
     """Every figure `cfg` asks for, as benchmark.json holds them."""
     pipelines = {"standard": STANDARD, "fmnist": (), "torch_loss": ("loss=torch",)}
     speeds = training_throughputs(pipelines, cfg.steps, cfg.repeats)
@@ -372,7 +387,7 @@ def measure(cfg: DictConfig) -> dict:
     standard, ours, ours_torch_loss = (round(speeds[name]) for name in pipelines)
     data_s = data_path_seconds({"standard": STANDARD, "fmnist": ()}, cfg.repeats, cfg.data_subset)
     standard_s, ours_s = data_s["standard"], data_s["fmnist"]
-    results: dict = {
+    results: dict[str, Any] = {
         "machine": machine(),
         "training_images_per_second": {
             "standard_pipeline": standard,

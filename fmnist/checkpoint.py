@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from hydra.utils import instantiate
@@ -45,7 +45,7 @@ def save(path: Path, **contents: Any) -> None:
     write_atomically(path, lambda f: torch.save(checkpoint, f), "checkpoint")
 
 
-def resolve(path: str | os.PathLike, in_run_dir: str = "best.pt") -> Path:
+def resolve(path: str | os.PathLike[str], in_run_dir: str = "best.pt") -> Path:
     """A checkpoint file, or a run directory (then its checkpoints/`in_run_dir`)."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -57,7 +57,7 @@ def resolve(path: str | os.PathLike, in_run_dir: str = "best.pt") -> Path:
     return path
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint without executing anything stored in it."""
     path = resolve(path)
     try:
@@ -110,7 +110,7 @@ def build_model(checkpoint: dict[str, Any], path: Path | str = "the checkpoint")
         else None
     )
     target = model_cfg.get("_target_") if isinstance(model_cfg, dict) else None
-    if target not in schemas:
+    if target is None or target not in schemas:
         raise UserError(
             f"{path} names the model {target!r}, which is not an fmnist model "
             f"({', '.join(schemas)}): refused to build it"
@@ -124,7 +124,7 @@ def build_model(checkpoint: dict[str, Any], path: Path | str = "the checkpoint")
         raise UserError(
             f"{path} has an invalid model config: {str(error).splitlines()[0]}"
         ) from None
-    model = instantiate(OmegaConf.structured(model_cfg))
+    model: nn.Module = instantiate(OmegaConf.structured(model_cfg))
     _load_weights(model, evaluated_weights(checkpoint), path, target)
     return model
 
@@ -201,7 +201,7 @@ class Loaded:
         return type(self.model).__name__
 
 
-def load_model(path: str | os.PathLike) -> Loaded:
+def load_model(path: str | os.PathLike[str]) -> Loaded:
     """Load a checkpoint (file or run directory) weights-only and rebuild its model.
 
     Every way a file can fail to be an fmnist checkpoint of a known model becomes one
@@ -225,7 +225,7 @@ def load_model(path: str | os.PathLike) -> Loaded:
         raise UserError(f"{path} does not hold the {len(data.CLASSES)} class names")
     norm = ckpt.get("normalization")
     mean, std = (norm.get("mean"), norm.get("std")) if isinstance(norm, dict) else (None, None)
-    if not all(_is_real(v) for v in (mean, std)) or std <= 0:
+    if not (_is_real(mean) and _is_real(std)) or std <= 0:
         raise UserError(f"{path} does not hold a valid normalization (mean, std > 0)")
     precision = ckpt.get("precision")
     if precision not in ("bf16", "32"):
@@ -233,5 +233,6 @@ def load_model(path: str | os.PathLike) -> Loaded:
     return Loaded(path, ckpt, model, classes, float(mean), float(std), precision)
 
 
-def _is_real(value: object) -> bool:
+def _is_real(value: object) -> TypeGuard[float]:
+    """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -25,7 +25,7 @@ from fmnist.errors import UserError
 T = TypeVar("T")
 
 # Every option of every group: {"model": {"small_cnn": SmallCNNConfig, ...}, ...}.
-OPTIONS: dict[str, dict[str, type]] = {}
+OPTIONS: dict[str, dict[str, type[Any]]] = {}
 
 
 def option(group: str, name: str) -> Callable[[type[T]], type[T]]:
@@ -308,7 +308,7 @@ class TrainConfig:
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def validate(cfg: DictConfig) -> Any:
+def validate(cfg: DictConfig) -> object:
     """Check every range and choice; the first problem is raised as a one-line `UserError`."""
     return OmegaConf.to_object(cfg)
 

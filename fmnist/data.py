@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from fmnist.errors import UserError, reports_user_errors
-from fmnist.files import write_atomically
+from fmnist.files import write_bytes_atomically
 
 CLASSES = (
     "T-shirt/top",
@@ -114,7 +114,7 @@ class NoSourceError(UserError):
     exit_code = 3
 
 
-def resolve_root(root: str | os.PathLike | None = None) -> Path:
+def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The data root: `root` if given, else $FMNIST_DATA, else `data/` at the project root."""
     chosen = root or os.environ.get("FMNIST_DATA") or DEFAULT_ROOT
     return Path(chosen).expanduser().resolve()
@@ -192,7 +192,7 @@ def _copy_from_dir(source: Path, root: Path) -> None:
             raise DataError(f"{e}; replace the file (or reinstall dataset-fashion-mnist)") from None
         contents[spec.name] = data
     for name, data in contents.items():
-        write_atomically(raw_dir(root) / name, lambda f, data=data: f.write(data), "data file")
+        write_bytes_atomically(raw_dir(root) / name, data, "data file")
 
 
 def _download(root: Path) -> None:
@@ -218,7 +218,7 @@ def _has_all_gz(directory: Path) -> bool:
 
 
 def prepare(
-    root: str | os.PathLike | None = None,
+    root: str | os.PathLike[str] | None = None,
     source_dirs: tuple[str, ...] | list[str] = SYSTEM_DIRS,
     download: bool = True,
 ) -> str:
@@ -247,7 +247,7 @@ def prepare(
 
 
 def load_split(
-    split: str, root: str | os.PathLike | None = None
+    split: str, root: str | os.PathLike[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The verified `split` ('train' or 'test'): uint8 images (N, 28, 28), int64 labels (N,)."""
     if split not in SPECS:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,8 @@ def device(name: str, key: str = "trainer.device") -> torch.device:
 def bf16_is_fast(device: torch.device) -> bool:
     """bf16 pays off on GPUs that support it and on CPUs with AVX-512-BF16 or AMX."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        supported: bool = torch.cuda.is_bf16_supported()
+        return supported
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -74,8 +75,8 @@ class Compute:
 
     def place(self, model: nn.Module) -> nn.Module:
         """`model` on the device, in the memory layout the images will have."""
-        layout = torch.channels_last if self.channels_last else None
-        return model.to(self.device, memory_format=layout)
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +114,8 @@ def predict(model: nn.Module, images: Tensor, compute: Compute, tta: str = "none
     """float32 logits, averaged over the `tta_views` of `images`."""
     views = tta_views(images, tta)
     with compute.autocast():
-        return sum(model(compute.images(view)).float() for view in views) / len(views)
+        logits: Tensor = sum(model(compute.images(view)).float() for view in views) / len(views)
+        return logits
 
 
 def confusion_matrix(labels: Tensor, predictions: Tensor) -> Tensor:
@@ -142,7 +144,8 @@ def evaluate(model: nn.Module, loader: Any, compute: Compute, tta: str = "none")
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=compute.device)
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=compute.device)
-    all_logits, all_labels = [], []
+    all_logits: list[Tensor] = []
+    all_labels: list[Tensor] = []
     for images, labels in loader.epoch():
         logits = predict(model, images, compute, tta)
         total_loss += cross_entropy(logits, labels, reduction="sum")
@@ -168,15 +171,19 @@ def embed(
     """What the model's last layer sees (`model.embed`) for the first `limit` images of one pass
     of `loader`: float32 features, those images (normalised) and their labels, on the CPU."""
     model.eval()
-    features, images, labels = [], [], []
+    # nn.Module's __getattr__ types any attribute it does not declare as Tensor | Module.
+    features_of = cast(Callable[[Tensor], Tensor], model.embed)
+    features: list[Tensor] = []
+    images: list[Tensor] = []
+    labels: list[Tensor] = []
     for batch, batch_labels in loader.epoch():
         with compute.autocast():
-            features.append(model.embed(compute.images(batch)).float().cpu())
+            features.append(features_of(compute.images(batch)).float().cpu())
         images.append(batch.cpu())
         labels.append(batch_labels.cpu())
         if sum(map(len, labels)) >= limit:
             break
-    return tuple(torch.cat(parts)[:limit] for parts in (features, images, labels))
+    return torch.cat(features)[:limit], torch.cat(images)[:limit], torch.cat(labels)[:limit]
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +291,8 @@ def _share_loss(loss_fn: nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
     torchrun gives a rank when a batch has fewer images than ranks, adds a zero."""
     if not len(labels):
         return logits.float().sum() * 0.0
-    return loss_fn(logits.float(), labels)
+    loss: Tensor = loss_fn(logits.float(), labels)
+    return loss
 
 
 def _denominator(loss_fn: nn.Module, labels: Tensor) -> Tensor | int:

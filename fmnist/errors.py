@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 EXIT_USER_ERROR = 2
@@ -24,11 +25,11 @@ class UserError(Exception):
             self.exit_code = exit_code
 
 
-def reports_user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+def reports_user_errors(fn: Callable[P, T]) -> Callable[P, T]:
     """Turn a `UserError` raised by `fn` into `error: <message>` on stderr and its exit code."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return fn(*args, **kwargs)
         except Exception as e:

@@ -208,7 +208,7 @@ def write_outputs(
                 )
                 for name, fig in drawn.items():
                     tag = f"{r['split']}/{Path(name).stem}"
-                    board.writer.add_figure(tag, fig, step, close=False)
+                    board.figure(tag, fig, step, close=False)
         for name, fig in drawn.items():
             figures.save_figure(fig, run_dir / name)
         results = json.dumps(r, indent=2) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from numbers import Real
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,15 +26,15 @@ Matrix = list[list[float]]
 
 
 @reports_user_errors
-def main(cfg: DictConfig | Mapping) -> None:
+def main(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Print the explanation for the input in `cfg` (keys: logits, targets, probs, target)."""
     print(explain(cfg))
 
 
-def explain(cfg: DictConfig | Mapping) -> str:
+def explain(cfg: DictConfig | Mapping[str, Any]) -> str:
     """The whole explanation as text; raises UserError naming the fix for bad input."""
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     logits, probs = cfg.get("logits"), cfg.get("probs")
     targets, target = cfg.get("targets"), cfg.get("target")
     if logits is not None and probs is not None:
@@ -205,7 +206,8 @@ def _agreement(ours: float, theirs: float) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    # bool first: mypy does not know that bool is a Real (numbers registers it at runtime).
+    return not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
 
 
 def _read_matrix(value: object, name: str) -> Matrix:
@@ -232,8 +234,9 @@ def _read_matrix(value: object, name: str) -> Matrix:
 
 def _read_targets(value: object, num_rows: int, num_classes: int) -> list[int]:
     """One class index per row, each in [0, num_classes - 1]; a single row may give a bare int."""
-    targets = list(value) if isinstance(value, list | tuple) else [value]
-    for t in targets:
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    targets: list[int] = []
+    for t in values:
         if isinstance(t, bool) or not isinstance(t, int):
             raise UserError(f"targets must be whole class indices like 0 or [1,2], got {t!r}")
         if not 0 <= t < num_classes:
@@ -241,6 +244,7 @@ def _read_targets(value: object, num_rows: int, num_classes: int) -> list[int]:
                 f"target {t} is out of range: with {num_classes} classes, "
                 f"targets must be in [0, {num_classes - 1}]"
             )
+        targets.append(t)
     if len(targets) != num_rows:
         raise UserError(
             f"got {len(targets)} targets for {_count(num_rows, 'row')}: give one target per row"

@@ -56,7 +56,8 @@ class Normalised(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """`image` float32 (N, 1, 28, 28) in [0, 1] to logits (N, 10)."""
-        return self.model((image - self.mean) / self.std)
+        logits: Tensor = self.model((image - self.mean) / self.std)
+        return logits
 
 
 def metadata(loaded: checkpoint.Loaded) -> dict[str, str]:
@@ -136,6 +137,7 @@ def export_onnx(model: Normalised, path: Path, meta: dict[str, str]) -> None:
             external_data=False,  # the weights inside the one file
             verbose=False,
         )
+    assert program is not None  # what dynamo=True always returns
     proto = program.model_proto
     onnx.helper.set_model_props(proto, meta)
     try:
@@ -177,7 +179,7 @@ class OnnxModel:
         return torch.from_numpy(logits)
 
 
-def load_onnx(path: str | os.PathLike) -> OnnxModel:
+def load_onnx(path: str | os.PathLike[str]) -> OnnxModel:
     """An .onnx file exported by fmnist, ready to run; anything else is one `UserError` line."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -218,7 +220,8 @@ def run_exported(path: Path, fmt: str, images: Tensor) -> Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(path, map_location="cpu")
     with torch.no_grad():
-        return module(images)
+        logits: Tensor = module(images)
+        return logits
 
 
 @torch.no_grad()
@@ -226,7 +229,8 @@ def check(model: Normalised, path: Path, fmt: str) -> float:
     """The largest |logit difference| between the written file and `model` on `CHECK_IMAGES`
     seeded random images; over `CHECK_TOLERANCE`, or another predicted class, is an error."""
     images = torch.rand(CHECK_IMAGES, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    expected, got = model(images), run_exported(path, fmt, images)
+    expected: Tensor = model(images)
+    got = run_exported(path, fmt, images)
     difference = (expected - got).abs().max().item()
     if difference > CHECK_TOLERANCE or not torch.equal(expected.argmax(1), got.argmax(1)):
         raise UserError(

@@ -72,7 +72,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str 
         cause = _os_error(e)  # torch.save wraps the OSError of a full disk in its own error
         if cause is None:
             raise
-        fix = FIXES.get(cause.errno)
+        fix = FIXES.get(cause.errno) if cause.errno is not None else None
         reason = cause.strerror or str(cause).splitlines()[0]
         raise UserError(
             f"cannot write {what + ' ' if what else ''}{path} ({reason})"
@@ -86,6 +86,11 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str 
 def write_text_atomically(path: Path, text: str, what: str = "") -> None:
     """`write_atomically` for text (UTF-8)."""
     write_atomically(path, lambda f: f.write(text.encode()), what)
+
+
+def write_bytes_atomically(path: Path, data: bytes, what: str = "") -> None:
+    """`write_atomically` for bytes."""
+    write_atomically(path, lambda f: f.write(data), what)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from fmnist import data, distributed
 from fmnist.errors import UserError
@@ -146,8 +147,8 @@ class TorchLoader:
 
     def __init__(
         self,
-        dataset: torch.utils.data.Dataset,
-        indices: Sequence[int],
+        dataset: Dataset[tuple[Tensor, int]],
+        indices: Tensor | Sequence[int],
         batch_size: int,
         device: torch.device,
         seed: int = 0,
@@ -188,11 +189,13 @@ class TorchLoader:
 
 def torchvision_dataset(
     root: str, train: bool, crop_padding: int = 0, flip: bool = False, erase: float = 0.0
-):
+) -> Dataset[tuple[Tensor, int]]:
     """torchvision's FashionMNIST with the textbook per-sample transforms."""
     from torchvision import datasets, transforms
 
-    augment = [transforms.RandomCrop(data.SIDE, padding=crop_padding)] if crop_padding else []
+    augment: list[torch.nn.Module] = (
+        [transforms.RandomCrop(data.SIDE, padding=crop_padding)] if crop_padding else []
+    )
     augment += [transforms.RandomHorizontalFlip()] if flip else []
     erasing = (
         [transforms.RandomErasing(erase, ERASE_SCALE, ERASE_RATIO, value=data.BACKGROUND)]
@@ -208,6 +211,9 @@ def torchvision_dataset(
         ]
     )
     return datasets.FashionMNIST(root, train=train, transform=transform, download=False)
+
+
+Loader = DeviceLoader | TorchLoader
 
 
 class FashionMNIST:
@@ -240,27 +246,46 @@ class FashionMNIST:
         self.origin = data.prepare(root, tuple(source_dirs), download)
         root = str(data.resolve_root(root))
         train_index, val_index = split_train_val(seed, val_size, subset)
-        augment = {"crop_padding": crop_padding, "flip": flip, "erase": erase}
         if loader == "device":
             images, labels = data.load_split("train", root)
             test_images, test_labels = data.load_split("test", root)
-            self.train = DeviceLoader(
-                images[train_index], labels[train_index], batch_size, device, seed, True, **augment
+            self.train: Loader = DeviceLoader(
+                images[train_index],
+                labels[train_index],
+                batch_size,
+                device,
+                seed,
+                True,
+                crop_padding=crop_padding,
+                flip=flip,
+                erase=erase,
             )
-            val = DeviceLoader(images[val_index], labels[val_index], eval_batch_size, device)
-            self.test = DeviceLoader(test_images, test_labels, eval_batch_size, device)
+            val: Loader = DeviceLoader(
+                images[val_index], labels[val_index], eval_batch_size, device
+            )
+            self.test: Loader = DeviceLoader(test_images, test_labels, eval_batch_size, device)
         else:
-            common = {"device": device, "num_workers": num_workers}
             self.train = TorchLoader(
-                torchvision_dataset(root, True, **augment),
+                torchvision_dataset(root, True, crop_padding=crop_padding, flip=flip, erase=erase),
                 train_index,
                 batch_size,
+                device=device,
                 seed=seed,
                 shuffle=True,
-                **common,
+                num_workers=num_workers,
             )
-            val = TorchLoader(torchvision_dataset(root, True), val_index, eval_batch_size, **common)
+            val = TorchLoader(
+                torchvision_dataset(root, True),
+                val_index,
+                eval_batch_size,
+                device=device,
+                num_workers=num_workers,
+            )
             self.test = TorchLoader(
-                torchvision_dataset(root, False), range(10000), eval_batch_size, **common
+                torchvision_dataset(root, False),
+                range(10000),
+                eval_batch_size,
+                device=device,
+                num_workers=num_workers,
             )
         self.val = val if val_size else None

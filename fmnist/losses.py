@@ -60,6 +60,7 @@ get one clear line from the checks in fmnist/loss_checks.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -132,7 +133,9 @@ def _shifted_logits(x: Tensor) -> Tensor:
     return x - x.amax(1, keepdim=True)
 
 
-def _reduce_grad(grad_output: Tensor, reduction: str, denominator, dtype: torch.dtype) -> Tensor:
+def _reduce_grad(
+    grad_output: Tensor, reduction: str, denominator: Tensor | float, dtype: torch.dtype
+) -> Tensor:
     """dloss/dloss_i per sample: g (sum), g / denominator (mean), or g_i with a class dim (none)."""
     g = grad_output.to(dtype)
     if reduction == "none":
@@ -150,6 +153,10 @@ def _reduce_grad(grad_output: Tensor, reduction: str, denominator, dtype: torch.
 # --------------------------------------------------------------------------------------------
 
 
+# In the Functions below, `ctx` is Any: besides autograd's own context it carries our attributes
+# (ctx.reduction, ctx.eps, ...), which no torch type declares.
+
+
 class _MeanCrossEntropy(torch.autograd.Function):
     """The training-loop case, kept lean: loss = mean_i -log q_i[y_i], gradient (q - p) / N.
 
@@ -157,7 +164,7 @@ class _MeanCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, target):
+    def forward(ctx: Any, x: Tensor, target: Tensor) -> Tensor:
         index = target.unsqueeze(1)  # (N, 1, d1, ...): where the one-hot p is 1
         shifted = x - x.amax(1, keepdim=True)  # x_c - m <= 0
         picked = shifted.gather(1, index)  # x_y - m
@@ -168,7 +175,7 @@ class _MeanCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         e, total, index = ctx.saved_tensors
         scale = grad_output / index.numel()  # d(mean)/d(loss_i) = 1/N
         grad = e * (scale / total)  # q / N, in one pass over the (N, C) tensor ...
@@ -184,7 +191,15 @@ class _ClassIndexCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, target, weight, ignored, reduction, eps):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        ignored: Tensor | None,
+        reduction: str,
+        eps: float,
+    ) -> Tensor:
         num_classes = x.shape[1]
         if ignored is not None:
             target = target.masked_fill(ignored, 0)  # any valid index: their terms are zeroed
@@ -226,7 +241,7 @@ class _ClassIndexCrossEntropy(torch.autograd.Function):
         return out.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, None, None, None]:
         q, index, target_weight, keep, w = ctx.saved_tensors
         eps, num_classes = ctx.eps, q.shape[1]
         g = _reduce_grad(grad_output, ctx.reduction, ctx.denominator, q.dtype)
@@ -245,6 +260,12 @@ class _ClassIndexCrossEntropy(torch.autograd.Function):
         return grad.to(ctx.input_dtype), None, None, None, None, None
 
 
+@overload
+def _times(a: Tensor, b: Tensor | None) -> Tensor: ...
+@overload
+def _times(a: Tensor | None, b: Tensor) -> Tensor: ...
+@overload
+def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None: ...
 def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     """a * b, where None stands for ones (saves multiplying by a tensor of ones)."""
     if a is None:
@@ -261,7 +282,9 @@ class _ProbTargetCrossEntropy(torch.autograd.Function):
     """loss_i = -sum_c w_c * p'_ic * log q_ic with p' = (1-eps) * p + eps/C; mean divides by N."""
 
     @staticmethod
-    def forward(ctx, x, target, weight, reduction, eps):
+    def forward(
+        ctx: Any, x: Tensor, target: Tensor, weight: Tensor | None, reduction: str, eps: float
+    ) -> Tensor:
         num_classes = x.shape[1]
         dtype = _compute_dtype(torch.promote_types(x.dtype, target.dtype))
         shifted = _shifted_logits(x.to(dtype))
@@ -290,7 +313,9 @@ class _ProbTargetCrossEntropy(torch.autograd.Function):
         return total_loss.to(out_dtype)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(
+        ctx: Any, grad_output: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         q, a, log_q, p, w = ctx.saved_tensors
         g = _reduce_grad(grad_output, ctx.reduction, ctx.positions, q.dtype)
         x_dtype, target_dtype, weight_dtype = ctx.dtypes
@@ -358,7 +383,9 @@ def cross_entropy(
                 f"ignore_index={ignore_index} is not supported with class-probability targets: "
                 f"leave it at -100"
             )
-        loss = _ProbTargetCrossEntropy.apply(input, target, weight, reduction, label_smoothing)
+        loss: Tensor = _ProbTargetCrossEntropy.apply(
+            input, target, weight, reduction, label_smoothing
+        )
     else:
         expected = (input.shape[0], *input.shape[2:])
         ignored = check_class_targets(target, expected, num_classes, ignore_index)

@@ -61,12 +61,14 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (N, 1, 28, 28), normalised, to logits (N, 10)."""
-        return self.head(self.features(x))
+        logits: Tensor = self.head(self.features(x))
+        return logits
 
     def embed(self, x: Tensor) -> Tensor:
         """What the last layer sees: the pooled features (N, widths[-1]) (TensorBoard's
         projector shows them)."""
-        return self.head[:-1](self.features(x))
+        features: Tensor = self.head[:-1](self.features(x))
+        return features
 
 
 class Linear(nn.Module):
@@ -78,7 +80,8 @@ class Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (N, 1, 28, 28) to logits (N, 10)."""
-        return self.fc(self.embed(x))
+        logits: Tensor = self.fc(self.embed(x))
+        return logits
 
     def embed(self, x: Tensor) -> Tensor:
         """What the layer sees: the 784 pixels."""

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig
@@ -100,7 +100,8 @@ def from_onnx(path: str) -> Predictor:
 
     def logits(pixels: Tensor) -> Tensor:
         views = engine.tta_views(pixels.float().div(255).unsqueeze(1), model.tta, background=0.0)
-        return sum(model.logits(view) for view in views) / len(views)
+        total = cast(Tensor, sum(model.logits(view) for view in views))  # not 0: views is not empty
+        return total / len(views)
 
     return Predictor(
         logits,
@@ -250,7 +251,7 @@ def predict_pictures(
 
 
 def results(
-    predictor: Predictor, predictions: list[Prediction], settings: PredictConfig, failed: list
+    predictor: Predictor, predictions: list[Prediction], settings: PredictConfig, failed: list[str]
 ) -> dict[str, Any]:
     """Everything predictions.json holds."""
     classes = predictor.classes

@@ -137,10 +137,10 @@ def object_box(pixels: Tensor) -> tuple[int, int, int, int]:
         return 0, 0, pixels.shape[0], pixels.shape[1]
     rows, cols = bright.any(1).nonzero().flatten(), bright.any(0).nonzero().flatten()
     top, bottom, left, right = (
-        rows[0].item(),
-        rows[-1].item() + 1,
-        cols[0].item(),
-        cols[-1].item() + 1,
+        int(rows[0].item()),
+        int(rows[-1].item()) + 1,
+        int(cols[0].item()),
+        int(cols[-1].item()) + 1,
     )
     margin = int(MARGIN * max(bottom - top, right - left))
     height, width = pixels.shape

@@ -41,7 +41,7 @@ class Checkpoints:
     """A run's checkpoints/ directory: its whole training state, saved by rank 0 (`last.pt`,
     `best.pt`) and restored by every rank."""
 
-    def __init__(self, run_dir: Path, training: Training, config: dict) -> None:
+    def __init__(self, run_dir: Path, training: Training, config: dict[str, Any]) -> None:
         self.directory, self.training, self.config = run_dir / "checkpoints", training, config
         self.every = config["trainer"]["checkpoint_every_steps"]
         self.writes = distributed.is_main()  # rank 0 alone writes files
@@ -62,7 +62,11 @@ class Checkpoints:
         self.save("last.pt", progress, progress.train_seconds, metrics)
 
     def save(
-        self, name: str, progress: Progress, train_seconds: float, metrics: dict | None = None
+        self,
+        name: str,
+        progress: Progress,
+        train_seconds: float,
+        metrics: dict[str, float] | None = None,
     ) -> None:
         """Write `name` with the whole training state (every rank takes part: RNG states)."""
         rng = distributed.gather(rng_states())  # each rank draws its own dropout masks
@@ -118,7 +122,7 @@ class Checkpoints:
             self.training.ema.load_state_dict(best["ema"])
         return best
 
-    def finish(self, best: dict[str, Any], metrics: dict) -> None:
+    def finish(self, best: dict[str, Any], metrics: dict[str, Any]) -> None:
         """best.pt gets the run's final metrics, then metrics.json marks the run finished."""
         if not self.writes:
             return
@@ -131,13 +135,13 @@ class Checkpoints:
         return str(last) if last.exists() else "none written yet"
 
 
-def rng_states() -> dict:
+def rng_states() -> dict[str, Any]:
     """Every random state a training step draws from (the loaders' come from (seed, epoch))."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
-def set_rng_states(states: dict) -> None:
+def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"]:
         torch.cuda.set_rng_state_all(states["cuda"])

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -94,7 +94,7 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").exists()
 
 
-def _comparable(config: dict) -> dict:
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """A config as flat keys, without the keys that only say how to start."""
     return {
         key: value
@@ -103,7 +103,7 @@ def _comparable(config: dict) -> dict:
     }
 
 
-def config_difference(saved: dict, current: dict) -> str | None:
+def config_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """The first setting that differs between two configs, as a phrase; None when they agree."""
     old, new = _comparable(saved), _comparable(current)
     for key in sorted(old.keys() | new.keys()):
@@ -112,7 +112,7 @@ def config_difference(saved: dict, current: dict) -> str | None:
     return None
 
 
-def check_same_config(state: dict[str, Any], config: dict, source: Path) -> None:
+def check_same_config(state: dict[str, Any], config: dict[str, Any], source: Path) -> None:
     """Resuming with other settings would silently change the run: refuse, naming the setting."""
     difference = config_difference(state["config"], config)
     if difference:
@@ -132,7 +132,7 @@ def may_restart() -> bool:
     return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
-def newest_unfinished(parent: Path, config: dict) -> Path | None:
+def newest_unfinished(parent: Path, config: dict[str, Any]) -> Path | None:
     """Claim and return the newest run under `parent` with this config that has a checkpoint,
     no metrics.json, and no process writing it; None if there is none."""
     newest_first = sorted(
@@ -147,7 +147,7 @@ def newest_unfinished(parent: Path, config: dict) -> Path | None:
     return None
 
 
-def run_dir_for(config: dict, new_dir: Path, chosen_by_user: bool) -> Path:
+def run_dir_for(config: dict[str, Any], new_dir: Path, chosen_by_user: bool) -> Path:
     """Where a run writes: a new directory, or the directory of the run it continues.
 
     `ckpt_path=...` continues the run holding that checkpoint; `trainer.resume=auto` (and every
@@ -169,16 +169,16 @@ def run_dir_for(config: dict, new_dir: Path, chosen_by_user: bool) -> Path:
             )
         return claimed(new_dir, "run")
     elif resuming:
-        run_dir = newest_unfinished(new_dir.parent, config)
-        if run_dir is None and may_restart():  # nothing yet: a restart will resume this new run
+        unfinished = newest_unfinished(new_dir.parent, config)
+        if unfinished is None and may_restart():  # nothing yet: a restart will resume this new run
             return claimed(new_directory(new_dir), "run")
-        if run_dir is None:
+        if unfinished is None:
             raise UserError(
                 f"trainer.resume=auto found nothing to resume: no unfinished run under "
                 f"{new_dir.parent} with this config that no other process is writing; start a "
                 "new run without trainer.resume, or pass ckpt_path=..."
             )
-        return run_dir
+        return unfinished
     else:
         return claimed(new_dir if chosen_by_user else new_directory(new_dir), "run")
     if finished(run_dir):
@@ -238,7 +238,9 @@ def _on_main(decide: Callable[[], Path]) -> Path:
             result = ("dir", str(decide()))
         except UserError as e:
             result = ("error", str(e))
-    kind, value = distributed.agree(result)
+    agreed = distributed.agree(result)
+    assert agreed is not None  # rank 0 always decides, and every rank receives its result
+    kind, value = agreed
     if kind == "error":
         raise UserError(value)
     return Path(value)
@@ -268,12 +270,12 @@ class RunDirectory(Callback):
 
     @stops_the_run
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        job = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        job = OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"])
         validate(job)
-        job = OmegaConf.to_container(job, resolve=True)
+        settings = cast(dict[str, Any], OmegaConf.to_container(job, resolve=True))
         user_dir = chosen_by_user(config, "hydra.run.dir")
         new_dir = Path(config.hydra.run.dir)
-        set_directory(config, "run.dir", _on_main(lambda: run_dir_for(job, new_dir, user_dir)))
+        set_directory(config, "run.dir", _on_main(lambda: run_dir_for(settings, new_dir, user_dir)))
 
 
 def output_dir() -> Path:

@@ -161,14 +161,12 @@ def read_jobs(sweep_dir: Path) -> tuple[list[str], list[Job]]:
     jobs = []
     for number, overrides in enumerate(all_jobs):
         directory = job_dir(sweep_dir, number)
-        done = directory is not None and finished(directory)
+        if directory is not None and finished(directory):
+            metrics, status = json.loads((directory / "metrics.json").read_text()), "finished"
+        else:
+            metrics, status = None, ("unfinished" if directory else "missing")
         jobs.append(
-            Job(
-                number,
-                [item for item in overrides if item not in shared],
-                json.loads((directory / "metrics.json").read_text()) if done else None,
-                "finished" if done else ("unfinished" if directory else "missing"),
-            )
+            Job(number, [item for item in overrides if item not in shared], metrics, status)
         )
     return shared, jobs
 
@@ -218,7 +216,7 @@ def render_markdown(sweep_dir: Path, shared: list[str], jobs: list[Job]) -> str:
         rows = [
             [f"`{' '.join(key) or '(seed only)'}`", str(len(members))]
             + [
-                mean_std([member.metrics[name] for member in members], decimals)
+                mean_std([m.metrics[name] for m in members if m.metrics is not None], decimals)
                 for name, _, decimals in MEASURES
                 if name not in ("epochs",)
             ]

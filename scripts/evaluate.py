@@ -5,12 +5,13 @@ python scripts/evaluate.py ckpt_path=outputs/runs/2025-01-01_12-00-00/checkpoint
 """
 
 import hydra
+from omegaconf import DictConfig
 
 import fmnist.evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
-def main(cfg) -> None:
+def main(cfg: DictConfig) -> None:
     fmnist.evaluate.main(cfg)
 
 

@@ -6,12 +6,13 @@ python scripts/explain.py probs=[0.7,0.2,0.1] target=0
 """
 
 import hydra
+from omegaconf import DictConfig
 
 import fmnist.explain
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="explain")
-def main(cfg) -> None:
+def main(cfg: DictConfig) -> None:
     fmnist.explain.main(cfg)
 
 

@@ -5,12 +5,13 @@ python scripts/export.py ckpt_path=outputs/runs/2025-01-01_12-00-00 format=torch
 """
 
 import hydra
+from omegaconf import DictConfig
 
 import fmnist.export
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
-def main(cfg) -> None:
+def main(cfg: DictConfig) -> None:
     fmnist.export.main(cfg)
 
 

@@ -5,12 +5,13 @@ python scripts/predict.py ckpt_path=outputs/runs/2025-01-01_12-00-00 images=[coa
 """
 
 import hydra
+from omegaconf import DictConfig
 
 import fmnist.predict
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
-def main(cfg) -> None:
+def main(cfg: DictConfig) -> None:
     fmnist.predict.main(cfg)
 
 

@@ -8,12 +8,13 @@ python scripts/snapshot.py target=4 \\
 """
 
 import hydra
+from omegaconf import DictConfig
 
 import fmnist.snapshot
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="snapshot")
-def main(cfg) -> None:
+def main(cfg: DictConfig) -> None:
     fmnist.snapshot.main(cfg)
 
 

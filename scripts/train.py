@@ -6,12 +6,13 @@ python scripts/train.py -m loss=scratch,torch seed=0,1,2
 """
 
 import hydra
+from omegaconf import DictConfig
 
 import fmnist.train
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg) -> float:
+def main(cfg: DictConfig) -> float:
     return fmnist.train.main(cfg)
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from fmnist.report.figures import confusion_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class TensorBoard:
@@ -42,9 +45,10 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.add_figure(tag, confusion_figure(matrix, f"{tag} (step {step})"), step)
 
-    def figure(self, tag: str, figure: Any, step: int) -> None:
+    def figure(self, tag: str, figure: Figure, step: int, close: bool = True) -> None:
+        """`close=False` leaves the figure open, to be saved as a file too."""
         if self.writer is not None:
-            self.writer.add_figure(tag, figure, step)
+            self.writer.add_figure(tag, figure, step, close=close)
 
     def image(self, tag: str, image: Tensor, step: int = 0) -> None:
         """A (3, H, W) or (1, H, W) image with values in [0, 1]."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -16,29 +16,38 @@ from torch import Tensor
 from fmnist.data import CLASSES
 from fmnist.files import write_atomically
 
+if TYPE_CHECKING:  # matplotlib is imported on first use
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend."""
+
+def use_agg() -> None:
+    """Select matplotlib's Agg backend: call it before each import of matplotlib.pyplot."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     try:
         write_atomically(path, lambda f: fig.savefig(f, format="png"), "figure")
     finally:
-        pyplot().close(fig)
+        use_agg()
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
-def confusion_figure(matrix: Tensor, title: str, classes: list[str] | tuple[str, ...] = CLASSES):
+def confusion_figure(
+    matrix: Tensor, title: str, classes: list[str] | tuple[str, ...] = CLASSES
+) -> Figure:
     """A 10x10 confusion matrix with its counts (rows: true class, columns: predicted)."""
     import numpy as np
 
-    fig, ax = pyplot().subplots(figsize=(7, 6), dpi=100)
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
     counts = matrix.cpu().numpy()
     ax.imshow(counts, cmap="Blues")
     ax.set(
@@ -55,7 +64,7 @@ def confusion_figure(matrix: Tensor, title: str, classes: list[str] | tuple[str,
         ax.text(
             j,
             i,
-            int(count),
+            str(int(count)),
             ha="center",
             va="center",
             fontsize=7,
@@ -65,18 +74,21 @@ def confusion_figure(matrix: Tensor, title: str, classes: list[str] | tuple[str,
     return fig
 
 
-def evaluation_confusion(r: dict[str, Any]):
+def evaluation_confusion(r: dict[str, Any]) -> Figure:
     """The confusion matrix of an evaluation (eval.json's dict), with the checkpoint's classes."""
     title = f"{r['model']} on {r['split']}: accuracy {r['accuracy']:.4f}"
     return confusion_figure(torch.tensor(r["confusion"]), title, r["classes"])
 
 
-def wrong_grid(r: dict[str, Any], images: Tensor):
+def wrong_grid(r: dict[str, Any], images: Tensor) -> Figure:
     """A grid of the most confidently wrong images: index, true label, predicted label and q."""
     wrong = r["confidently_wrong"]
     columns = min(4, len(wrong))
     rows = math.ceil(len(wrong) / columns)
-    fig, axes = pyplot().subplots(
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
         rows, columns, figsize=(2.3 * columns, 2.6 * rows + 0.5), dpi=100, squeeze=False
     )
     for ax in axes.flat:
@@ -93,7 +105,9 @@ def wrong_grid(r: dict[str, Any], images: Tensor):
     return fig
 
 
-def probability_bars(ax, q: list[float], classes: list[str], target: int | None, decimals: int):
+def probability_bars(
+    ax: Axes, q: list[float], classes: list[str], target: int | None, decimals: int
+) -> None:
     """The 10 probabilities as bars, the true class (if known) highlighted, 1/10 dotted."""
     colors = ["tab:orange" if c == target else "tab:blue" for c in range(len(q))]
     bars = ax.bar(range(len(q)), q, color=colors)
@@ -115,9 +129,12 @@ def image_and_probabilities(
     target: int | None,
     title: str,
     decimals: int = 4,
-):
+) -> Figure:
     """One image (uint8, 28x28) beside the probabilities q a model gives it."""
-    fig, (left, right) = pyplot().subplots(
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(
         1, 2, figsize=(9, 3.6), dpi=100, gridspec_kw={"width_ratios": [1, 2]}
     )
     left.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
@@ -136,12 +153,15 @@ def predictions_figure(
     rows: list[tuple[str, Any, Tensor, list[float], list[str]]],
     classes: list[str],
     target: int | None,
-):
+) -> Figure:
     """A row per picture: its thumbnail, the 28x28 input the model saw, and the 10 probabilities
     (the target class, if given, highlighted). `rows`: (name, thumbnail (a Pillow image),
     input (uint8, 28x28), q, doubts)."""
     shown = rows[:FIGURE_PICTURES]
-    fig, axes = pyplot().subplots(
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
         len(shown),
         3,
         figsize=(11, 2.7 * len(shown) + 0.6),
@@ -170,12 +190,15 @@ def predictions_figure(
 
 def validation_predictions(
     images: Tensor, labels: Tensor, q: Tensor, classes: list[str], step: int, columns: int = 8
-):
+) -> Figure:
     """Fixed validation images, each titled with the predicted class and its probability and
     the true class; wrong predictions in red. Drawn at every validation pass, it shows the model
     learning."""
     rows = math.ceil(len(images) / columns)
-    fig, axes = pyplot().subplots(
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
         rows, columns, figsize=(1.6 * columns, 1.9 * rows + 0.4), dpi=80, squeeze=False
     )
     confidence, predicted = q.max(1)

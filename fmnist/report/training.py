@@ -44,20 +44,20 @@ METRICS = (
 )
 
 
-def progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> tqdm:
+def progress(iterable: Iterable[object], enabled: bool, **kwargs: Any) -> tqdm:
     """A tqdm bar, silent when disabled or when stderr is not a terminal (logs, CI, pipes)."""
     return tqdm(
         iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, **kwargs
     )
 
 
-def _option(group: str, settings: dict) -> str:
+def _option(group: str, settings: dict[str, Any]) -> str:
     """The name of the group option a config section came from (`sgd`, `small_cnn`, ...)."""
     names = [name for name, node in OPTIONS[group].items() if node._target_ == settings["_target_"]]
     return names[0] if names else settings["_target_"]
 
 
-def hparams(config: dict) -> dict[str, Any]:
+def hparams(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that tell runs apart, for the HPARAMS tab: not paths, `_target_` strings or
     display switches. Values are numbers, strings or booleans (lists and None as text)."""
     params: dict[str, Any] = {"seed": config["seed"]}
@@ -77,7 +77,7 @@ def hparams(config: dict) -> dict[str, Any]:
     }
 
 
-def metric_tags(config: dict) -> list[str]:
+def metric_tags(config: dict[str, Any]) -> list[str]:
     """The scalar tags a run logs that the HPARAMS tab shows as its metrics."""
     return [
         tag for tag in METRICS if not (tag.startswith("val/") and not config["data"]["val_size"])
@@ -123,7 +123,11 @@ class TrainingReport:
         self.board.close()
 
     def start(
-        self, training: Training, config: dict, resumed_from: Path | None, position: Position
+        self,
+        training: Training,
+        config: dict[str, Any],
+        resumed_from: Path | None,
+        position: Position,
     ) -> None:
         model, compute, splits = training.model, training.compute, training.data
         if resumed_from:
@@ -201,7 +205,7 @@ class TrainingReport:
             seconds,
         )
 
-    def test(self, training: Training, step: int, test: Metrics, metrics: dict) -> None:
+    def test(self, training: Training, step: int, test: Metrics, metrics: dict[str, Any]) -> None:
         """The final test of the run's model, its curves and embedding, and its timings."""
         self.board.scalars(step, **test.as_dict("test"))
         self.board.scalars(
