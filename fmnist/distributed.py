@@ -11,8 +11,9 @@ a no-op. (Which device a rank uses is fmnist.engine's choice: `engine.device`.)
 from __future__ import annotations
 
 import atexit
+import gc
 import os
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,28 +36,60 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init() -> None:
-    """Join the torchrun job, once: NCCL for CUDA tensors, gloo for CPU tensors.
+_groups_joined = 0  # process groups this process has joined (a sweep's jobs each join one)
 
-    The store's keys carry torchrun's restart count: a restarted group gets the store of the
-    group it replaces, and would otherwise read that group's stale addresses and fail to
-    connect (pytorch/pytorch#167288).
+
+def init() -> None:
+    """Join the torchrun job, once until `leave`: NCCL for CUDA tensors, gloo for CPU tensors.
+
+    The store's keys carry torchrun's restart count and this process's group count: a
+    restarted group, or a sweep's next job, must not read the addresses an earlier group left
+    in the same store, or it fails to connect (pytorch/pytorch#167288).
     """
+    global _groups_joined
     if world_size() == 1 or dist.is_initialized():
         return
+    # Imported before the group exists, on purpose. Its functions take `group=group.WORLD` as
+    # a default argument, evaluated once, on import; DDP imports it (through torch._dynamo)
+    # after the group exists, so the group would stay referenced by those defaults for the
+    # life of the process: destroy_process_group could not free it, and gloo's threads would
+    # still run while the interpreter exits (the abort at exit, tests/test_distributed.py).
+    import torch.distributed.nn.functional
+
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     store, rank, size = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    _groups_joined += 1
     dist.init_process_group(
         "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
-        store=dist.PrefixStore(f"fmnist/attempt_{attempt}", store),
+        store=dist.PrefixStore(f"fmnist/attempt_{attempt}/group_{_groups_joined}", store),
         rank=rank,
         world_size=size,
     )
-    # Leave the group while the interpreter is whole: exiting with gloo's threads alive can abort
-    # a rank ("terminate called without an active exception", pytorch/pytorch#190489).
-    atexit.register(dist.destroy_process_group)
+    if _groups_joined == 1:  # a failed run leaves without waiting for the others
+        atexit.register(_destroy)
+
+
+def leave() -> None:
+    """Leave the torchrun job at the end of a run: wait until every rank is here (rank 0 may
+    still be writing its report), then destroy the group, which joins gloo's threads.
+
+    So no rank leaves while another still talks to it, and no collective is in flight or still
+    being released by a gloo thread when the interpreter exits: a gloo thread that drops the last
+    reference to a Python tensor during interpreter finalization takes the GIL there, and the
+    process aborts ("terminate called without an active exception"). The run's own objects
+    (its DDP model) must be gone: `gc.collect` frees the cycles they sit in.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        _destroy()
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def seed_per_rank(seed: int) -> None:
@@ -69,11 +102,11 @@ def seed_per_rank(seed: int) -> None:
         torch.manual_seed(seed + 1_000_003 * (rank() + 1))
 
 
-def gather(value: object) -> list[object]:
+def gather(value: T) -> list[T]:
     """Every rank's `value`, in rank order, on every rank (e.g. the ranks' RNG states)."""
     if not dist.is_initialized():
         return [value]
-    values: list[object] = [None] * world_size()
+    values: list[Any] = [None] * world_size()  # all_gather_object fills in every rank's value
     dist.all_gather_object(values, value)
     return values
 
@@ -118,13 +151,13 @@ def global_batch(
     """
     if not dist.is_initialized():
         return loss, loss.item(), correct.item() / count
-    as_double = {"dtype": torch.float64, "device": loss.device}
-    denominator = torch.as_tensor(denominator, **as_double)
+    double, device = torch.float64, loss.device
+    denominator = torch.as_tensor(denominator, dtype=double, device=device)
     totals = torch.stack(
         [
             loss.detach().double() * denominator,
             correct.double(),
-            torch.tensor(count, **as_double),
+            torch.tensor(count, dtype=double, device=device),
             denominator,
         ]
     )

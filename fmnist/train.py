@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -37,17 +38,22 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)
         if runs.resumed_sweep_job_finished(cfg, run_dir):
             log.info("%s finished before this sweep was resumed: kept as it is", run_dir)
-            return json.loads((run_dir / "metrics.json").read_text())["test_acc"]
-        return train(cfg, run_dir)["test_acc"]
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            metrics = train(cfg, run_dir)
+    distributed.leave()  # under torchrun: all ranks here, then the group is gone
+    test_acc: float = metrics["test_acc"]
+    return test_acc
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the configured model; write checkpoints, events and metrics.json to `run_dir`.
 
     With `trainer.resume=auto` or `ckpt_path`, continue an unfinished run where its last
     checkpoint left off: on a deterministic CPU run, bit for bit as if it had never stopped.
     """
-    settings, config = cfg.trainer, OmegaConf.to_container(cfg, resolve=True)
+    settings = cfg.trainer
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     training = build(cfg)
     checkpoints, progress = run_state.Checkpoints(run_dir, training, config), run_state.Progress()
     source = runs.resume_point(cfg, run_dir)
@@ -136,7 +142,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def build_loss(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     """The `loss` group's object; its class weights become a tensor, as both losses expect."""
     weight = None if cfg.weight is None else torch.tensor(list(cfg.weight), dtype=torch.float32)
-    return instantiate(cfg, weight=weight).to(device)
+    loss: torch.nn.Module = instantiate(cfg, weight=weight).to(device)
+    return loss
 
 
 def build(cfg: DictConfig) -> Training:
@@ -166,7 +173,7 @@ def build(cfg: DictConfig) -> Training:
         device_ids = [compute.device.index] if compute.device.type == "cuda" else None
         trained = DistributedDataParallel(model, device_ids=device_ids)
     if settings.compile:
-        trained = torch.compile(trained)
+        trained = cast(torch.nn.Module, torch.compile(trained))  # an OptimizedModule
     ema = weight_average(model, settings.ema_decay) if settings.ema_decay else None
     loss_fn = build_loss(cfg.loss, compute.device)
     return Training(compute, data, model, trained, loss_fn, optimizer, scheduler, ema)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import runpy
+import shlex
 import struct
 import subprocess
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fmnist import data
 
 ROOT = Path(__file__).resolve().parent.parent
+TRAIN = str(ROOT / "scripts" / "train.py")
 SMOKE = "experiment=smoke"  # 2 epochs of 8 steps of the default CNN (configs/experiment/smoke.yaml)
 
 
@@ -77,6 +81,64 @@ def run_in_process(script: str, *args: str, cwd: Path | None = None):
         sys.argv = argv
         os.chdir(before)
     return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+_torchrun_logs = itertools.count()
+
+
+@dataclass
+class Torchrun:
+    """A torchrun agent started by a test, with every rank's output kept in files (`--log-dir`,
+    `--tee 3`: on the console too), so a failure shows what each rank printed."""
+
+    process: subprocess.Popen
+    command: list[str]
+    log_dir: Path
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def wait(self, timeout: float = 300) -> Torchrun:
+        self.stdout, self.stderr = self.process.communicate(timeout=timeout)
+        return self
+
+    def report(self) -> str:
+        """What went wrong, for an assertion message: the command, its exit status, torchrun's
+        own stderr, then each attempt's and rank's stdout and stderr (their last 4000
+        characters)."""
+        parts = [
+            f"$ {shlex.join(self.command)}",
+            f"exit status {self.returncode}",
+            "--- torchrun's stderr ---",
+            self.stderr[-4000:],
+        ]
+        for log in sorted(self.log_dir.rglob("*.log")):
+            text = log.read_text(errors="replace")
+            parts += [f"--- {log.relative_to(self.log_dir)} ---", text[-4000:] or "(empty)"]
+        return "\n".join(parts)
+
+
+def start_torchrun(
+    cwd: Path, *args: str, options: tuple[str, ...] = ("--standalone", "--nproc_per_node=2")
+) -> Torchrun:
+    """`torchrun options scripts/train.py args...` (or another script: args[0] ending in .py) in
+    `cwd`, running on while the test watches it; its ranks' logs under `cwd`/torchrun-logs-N."""
+    script, args = (args[0], args[1:]) if args and args[0].endswith(".py") else (TRAIN, args)
+    log_dir = cwd / f"torchrun-logs-{next(_torchrun_logs)}"
+    command = [*TORCHRUN, *options, f"--log-dir={log_dir}", "--tee=3", script, *args]
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return Torchrun(process, command, log_dir)
+
+
+def torchrun(cwd: Path, *args: str, **options: tuple[str, ...]) -> Torchrun:
+    """`start_torchrun`, waited for."""
+    return start_torchrun(cwd, *args, **options).wait()
 
 
 def start_training(cwd: Path, *overrides: str) -> subprocess.Popen:

@@ -1,10 +1,13 @@
 """torchrun with two CPU processes (gloo): one run directory; the single-process losses, an uneven
-last batch included; BatchNorm and dropout; two nodes; a restart after a killed worker."""
+last batch included; BatchNorm and dropout; two nodes; restarts after killed workers; leaving
+the group cleanly. Every torchrun keeps each rank's output: a failure prints it
+(`conftest.Torchrun.report`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,7 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, scalars, wait_for_checkpoint
+from conftest import (
+    ROOT,
+    SMOKE,
+    TRAIN,
+    scalars,
+    start_torchrun,
+    torchrun,
+    wait_for_checkpoint,
+)
 
 from fmnist import checkpoint
 
@@ -36,16 +47,6 @@ STEPS = 18  # 9 batches per epoch, the last of one image
 CNN = [SMOKE, UNEVEN, "trainer.deterministic=true", "trainer.checkpoint_every_steps=1"]
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-TRAIN = str(ROOT / "scripts" / "train.py")
-
-
-def torchrun(*args: str, cwd, options=("--standalone", "--nproc_per_node=2")):
-    return subprocess.run(
-        [*TORCHRUN, *options, TRAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def only_run(cwd: Path) -> Path:
     (run_dir,) = (cwd / "outputs" / "runs").iterdir()
     return run_dir
@@ -53,6 +54,10 @@ def only_run(cwd: Path) -> Path:
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 def evaluated_accuracy(run_dir: Path, out: Path) -> float:
@@ -78,8 +83,8 @@ def losses(run_dir) -> list[float]:
 @pytest.fixture(scope="module")
 def two_process_run(data_root, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ddp")
-    result = torchrun(*SAME_MATH, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(cwd, *SAME_MATH)
+    assert result.returncode == 0, result.report()
     runs = list((cwd / "outputs" / "runs").iterdir())
     assert len(runs) == 1, runs  # both ranks agreed on one directory
     assert not (cwd / "outputs" / "multirun").exists()
@@ -107,7 +112,7 @@ def test_checkpoint_evaluates_with_the_recorded_accuracy(two_process_run, tmp_pa
 def test_losses_match_a_single_process_run(two_process_run, tmp_path):
     single = tmp_path / "single"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *SAME_MATH, f"hydra.run.dir={single}"],
+        [sys.executable, TRAIN, *SAME_MATH, f"hydra.run.dir={single}"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,18 +124,16 @@ def test_losses_match_a_single_process_run(two_process_run, tmp_path):
 
 
 def test_a_batch_that_does_not_split_is_one_clear_error(data_root, tmp_path):
-    result = torchrun(*SAME_MATH, "data.batch_size=127", cwd=tmp_path)
+    result = torchrun(tmp_path, *SAME_MATH, "data.batch_size=127")
     assert result.returncode != 0
-    assert (
-        "error: data.batch_size=127 does not split over 2 processes: use a multiple of 2"
-        in result.stderr
-    )
+    message = "error: data.batch_size=127 does not split over 2 processes: use a multiple of 2"
+    assert message in result.stderr, result.report()
 
 
 def test_sync_batchnorm_on_cpu_says_it_needs_gpus(data_root, tmp_path):
-    result = torchrun(*SAME_MATH, "model=small_cnn", "trainer.sync_batchnorm=true", cwd=tmp_path)
+    result = torchrun(tmp_path, *SAME_MATH, "model=small_cnn", "trainer.sync_batchnorm=true")
     assert result.returncode != 0
-    assert "error: trainer.sync_batchnorm=true needs CUDA GPUs" in result.stderr
+    assert "error: trainer.sync_batchnorm=true needs CUDA GPUs" in result.stderr, result.report()
     assert not (tmp_path / "outputs" / "runs").exists() or not any(
         (tmp_path / "outputs" / "runs").iterdir()
     )
@@ -139,8 +142,8 @@ def test_sync_batchnorm_on_cpu_says_it_needs_gpus(data_root, tmp_path):
 @pytest.fixture(scope="module")
 def cnn_run(data_root, tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("cnn")
-    result = torchrun(*CNN, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(cwd, *CNN)
+    assert result.returncode == 0, result.report()
     assert "nan" not in result.stderr.lower()  # an empty share is no divergence
     return only_run(cwd)
 
@@ -154,9 +157,9 @@ def test_batchnorm_dropout_and_an_empty_share_train_and_evaluate_in_one_process(
 
 
 def test_the_same_command_gives_the_same_weights(cnn_run, tmp_path):
-    assert torchrun(*CNN, cwd=tmp_path).returncode == 0
-    again = weights(only_run(tmp_path))
-    assert all(torch.equal(again[name], tensor) for name, tensor in weights(cnn_run).items())
+    result = torchrun(tmp_path, *CNN)
+    assert result.returncode == 0, result.report()
+    assert same_weights(weights(only_run(tmp_path)), weights(cnn_run))
 
 
 def free_port() -> int:
@@ -169,28 +172,22 @@ def test_two_nodes_on_one_machine_make_one_run(data_root, tmp_path):
     """Two torchrun agents, one process each, meeting through c10d rendezvous on 127.0.0.1."""
     endpoint = f"--rdzv-endpoint=127.0.0.1:{free_port()}"
     agents = [
-        subprocess.Popen(
-            [
-                *TORCHRUN,
+        start_torchrun(
+            tmp_path,
+            *SAME_MATH,
+            options=(
                 "--nnodes=2",
                 "--nproc_per_node=1",
                 f"--node-rank={node}",
                 "--rdzv-backend=c10d",
                 endpoint,
                 "--rdzv-id=fmnist-test",
-                TRAIN,
-                *SAME_MATH,
-            ],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            ),
         )
         for node in (0, 1)
     ]
     for agent in agents:
-        _, stderr = agent.communicate(timeout=300)
-        assert agent.returncode == 0, stderr[-3000:]
+        assert agent.wait().returncode == 0, agent.report()
     run_dir = only_run(tmp_path)
     assert len(losses(run_dir)) == STEPS and (run_dir / "metrics.json").is_file()
 
@@ -198,27 +195,119 @@ def test_two_nodes_on_one_machine_make_one_run(data_root, tmp_path):
 def test_a_killed_worker_is_restarted_and_resumes_to_the_same_weights(cnn_run, tmp_path):
     """--max-restarts=1: kill rank 0 mid-run; torchrun restarts the group, which continues
     from the last checkpoint and ends where the uninterrupted run did, bit for bit."""
-    agent = subprocess.Popen(
-        [
-            *TORCHRUN,
-            "--standalone",
-            "--nproc_per_node=2",
-            "--max-restarts=1",
-            TRAIN,
-            *CNN,
-            "trainer.resume=auto",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    agent = start_torchrun(
+        tmp_path,
+        *CNN,
+        "trainer.resume=auto",
+        options=("--standalone", "--nproc_per_node=2", "--max-restarts=1"),
     )
-    last = wait_for_checkpoint(tmp_path, agent, step=5)
+    last = wait_for_checkpoint(tmp_path, agent.process, step=5)
     rank0 = int((last.parent.parent / ".lock").read_text())
     os.kill(rank0, signal.SIGKILL)
-    _, stderr = agent.communicate(timeout=300)
-    assert agent.returncode == 0, stderr[-3000:]
+    assert agent.wait().returncode == 0, agent.report()
     run_dir = only_run(tmp_path)
     assert "Resuming" in (run_dir / "train.log").read_text()
-    restarted = weights(run_dir)
-    assert all(torch.equal(restarted[name], tensor) for name, tensor in weights(cnn_run).items())
+    assert same_weights(weights(run_dir), weights(cnn_run))
+
+
+# --------------------------------------------------------------------------------------------
+# Repeated kills under elastic torchrun
+# --------------------------------------------------------------------------------------------
+
+# 256 steps of a 4k-parameter CNN (2 epochs of 128 batches of 32), a checkpoint every 4 steps.
+MANY_STEPS = [
+    SMOKE,
+    "data.subset=4096",
+    "data.batch_size=32",
+    "model.widths=[8,16]",
+    "trainer.tta=none",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every_steps=4",
+]
+KILLS = 3
+
+
+def workers(agent: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the worker processes a torchrun agent is running now."""
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    found = {}
+    for pid in map(int, children):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # exited meanwhile
+            continue
+        ranks = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"RANK=")]
+        if ranks:
+            found[int(ranks[0])] = pid
+    return found
+
+
+@pytest.fixture(scope="module")
+def many_steps_run(data_root, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("many_steps")
+    result = torchrun(cwd, *MANY_STEPS)
+    assert result.returncode == 0, result.report()
+    return only_run(cwd)
+
+
+def test_repeated_worker_kills_end_with_the_uninterrupted_weights(many_steps_run, tmp_path):
+    """--max-restarts=3: a worker SIGKILLed at three random moments (the seed is printed; set
+    FMNIST_KILL_SEED to replay it); each time torchrun restarts the group, which resumes from
+    the last checkpoint, and the run ends with the uninterrupted run's weights, bit for bit."""
+    seed = int(os.environ.get("FMNIST_KILL_SEED") or random.randrange(2**31))
+    draw = random.Random(seed)
+    steps = sorted(draw.sample(range(6, 250), KILLS))
+    ranks = [draw.randrange(2) for _ in steps]
+    plan = f"FMNIST_KILL_SEED={seed}: kill rank {ranks} after steps {steps}"
+    print(plan)
+    agent = start_torchrun(
+        tmp_path,
+        *MANY_STEPS,
+        "trainer.resume=auto",
+        options=("--standalone", "--nproc_per_node=2", f"--max-restarts={KILLS}"),
+    )
+    for step, rank in zip(steps, ranks, strict=True):
+        wait_for_checkpoint(tmp_path, agent.process, step=step)
+        pids = workers(agent.process)
+        assert rank in pids, f"{plan}: no rank {rank} running at step {step} ({pids})"
+        os.kill(pids[rank], signal.SIGKILL)
+    assert agent.wait().returncode == 0, f"{plan}\n{agent.report()}"
+    run_dir = only_run(tmp_path)
+    log = (run_dir / "train.log").read_text()
+    assert log.count("Resuming") == KILLS, f"{plan}\n{log}"
+    assert same_weights(weights(run_dir), weights(many_steps_run)), plan
+
+
+# --------------------------------------------------------------------------------------------
+# Leaving the group
+# --------------------------------------------------------------------------------------------
+
+LEAVES = """
+import os, torch
+from fmnist import distributed
+
+def gloo_threads():
+    names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+    return sum("gloo" in name for name in names)
+
+distributed.init()
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+model(torch.ones(4, 3)).sum().backward()
+del model
+print(f"rank {distributed.rank()}: {gloo_threads()} gloo threads before leaving")
+distributed.leave()
+print(f"rank {distributed.rank()}: {gloo_threads()} gloo threads after leaving")
+"""
+
+
+def test_leaving_the_group_stops_gloo_threads_after_ddp(tmp_path):
+    """After `distributed.leave`, no gloo thread runs on: none can touch Python while the
+    interpreter exits (the cause of an abort at exit, 'terminate called without an active
+    exception'). DDP's first use imports a module that would otherwise keep the group alive."""
+    script = tmp_path / "leaves.py"
+    script.write_text(LEAVES)
+    result = torchrun(tmp_path, str(script))
+    assert result.returncode == 0, result.report()
+    for rank in (0, 1):
+        assert f"rank {rank}: 3 gloo threads before leaving" in result.stdout, result.report()
+        assert f"rank {rank}: 0 gloo threads after leaving" in result.stdout, result.report()

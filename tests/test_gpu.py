@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, SMOKE, run_script, start_training, wait_for_checkpoint
+from conftest import SMOKE, run_script, start_training, torchrun, wait_for_checkpoint
 
 from fmnist import checkpoint
 
@@ -55,20 +53,5 @@ def test_fast_preset_end_to_end_on_cuda(data_root, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_torchrun_with_sync_batchnorm_on_gpus(data_root, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(ROOT / "scripts" / "train.py"),
-            SMOKE,
-            "trainer.sync_batchnorm=true",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(tmp_path, SMOKE, "trainer.sync_batchnorm=true")
+    assert result.returncode == 0, result.report()
