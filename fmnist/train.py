@@ -140,9 +140,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_loss(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """The `loss` group's object; its class weights become a tensor, as both losses expect."""
+    """The `loss` group's object; its class weights become a tensor, as both losses expect
+    (given to the constructor, not through the config, whose `weight` is a list of floats)."""
     weight = None if cfg.weight is None else torch.tensor(list(cfg.weight), dtype=torch.float32)
-    loss: torch.nn.Module = instantiate(cfg, weight=weight).to(device)
+    loss: torch.nn.Module = instantiate(cfg, _partial_=True)(weight=weight).to(device)
     return loss
 
 
