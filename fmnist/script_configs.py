@@ -162,6 +162,8 @@ def _squashed(name: str) -> str:
 def class_index(key: str, value: Any) -> int | None:
     """A class given as an index 0..9 or a name, in any case and spacing: `coat`, `Ankle_boot`,
     `t-shirt` (either half of T-shirt/top names it). None stays None."""
+    if isinstance(value, str) and value.strip().isdigit():  # target='3': quoted, still an index
+        value = int(value)
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         _check_class(key, value)
         return value
