@@ -176,9 +176,16 @@ def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert len(runs) == 2
-    for number, (run, loss) in enumerate(zip(runs, ("scratch", "torch"), strict=True)):
-        assert run.name.startswith(f"{number}_") and f"loss={loss}" in run.name
+    assert [run.name for run in runs] == ["0_loss-scratch", "1_loss-torch"]  # what varies
+    for run, loss in zip(runs, ("scratch", "torch"), strict=True):
+        assert OmegaConf.load(run / ".hydra" / "overrides.yaml") == [  # the full overrides
+            f"loss={loss}",
+            SMOKE,
+            "data.subset=256",
+            "trainer.max_epochs=1",
+        ]
+        settings = hparams_experiment(run)  # what the sweep varies: HPARAMS' first column
+        assert settings[0] == ("loss", True) and sum(differs for _, differs in settings) == 1
         assert (run / "metrics.json").is_file()
         assert checkpoint.load(run)["config"]["loss"]["_target_"].endswith("CrossEntropyLoss")
         assert check_hparams(run)["loss"] == loss

@@ -124,7 +124,10 @@ class TrainingReport:
         config: dict[str, Any],
         resumed_from: Path | None,
         position: Position,
+        varied: list[str],
     ) -> None:
+        """What a run shows once, at its start. `varied`: the settings its sweep varies, which
+        the HPARAMS tab shows first."""
         model, compute, splits = training.model, training.compute, training.data
         if resumed_from:
             at = (position.step, position.epoch + 1)
@@ -144,7 +147,10 @@ class TrainingReport:
             return
         yaml = OmegaConf.to_yaml(config)
         self.board.text("config", "\n".join("    " + line for line in yaml.splitlines()))
-        self.board.hyperparameters_start(hparams(config), metric_tags(config))
+        params = hparams(config, varied)
+        self.board.hyperparameters_start(
+            params, metric_tags(config), [k for k in varied if k in params]
+        )
         images, _ = next(splits.train.epoch(0))  # augmented, as the model sees them
         self.board.image("train/batch", grid(pixels(images[:64])))
         self.board.graph(model, compute.images(images[:1]))
