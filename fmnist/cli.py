@@ -25,6 +25,7 @@ from hydra.errors import (
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from fmnist import runs
 from fmnist.config import OPTIONS, unknown_key
 from fmnist.errors import EXIT_USER_ERROR
 
@@ -39,6 +40,7 @@ def run(main: Callable[[], object]) -> None:
     try:
         main()
     except (ConfigCompositionException, OverrideParseException) as e:
+        runs.put_back_all()  # a sweep's directory, made before Hydra composed its jobs
         print(f"error: {command_line_error(e, sys.argv[1:])}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     finally:

@@ -53,6 +53,7 @@ IGNORED_WHEN_RESUMING = (
     "data.num_workers",
 )
 LOCK = ".lock"
+SWEEP_CONFIG = "multirun.yaml"  # Hydra's copy of a sweep's config, written before its jobs
 _held: list[int] = []  # the lock files this process holds, open until it exits
 
 
@@ -63,30 +64,30 @@ _held: list[int] = []  # the lock files this process holds, open until it exits
 
 def _bookkeeping(name: str) -> bool:
     """What every command writes into its directory before its own work: Hydra's config copy
-    and log, our lock."""
-    return name in (".hydra", LOCK) or name.endswith(".log")
+    and log (a sweep's config), our lock."""
+    return name in (".hydra", LOCK, SWEEP_CONFIG) or name.endswith(".log")
 
 
 @dataclass
 class Before:
     """What an output directory held before this command wrote to it."""
 
-    existed: bool
-    created: Path | None = None  # the outermost directory the command creates: it or a parent
+    created: Path | None = None  # when it is new: the outermost directory made for it
     entries: dict[str, int] = field(default_factory=dict)  # top-level name: mtime (ns)
-    contents: dict[str, bytes] = field(default_factory=dict)  # .hydra/* and .lock, as they were
+    contents: dict[str, bytes] = field(default_factory=dict)  # .hydra/*, .lock, multirun.yaml
     log_sizes: dict[str, int] = field(default_factory=dict)  # top-level *.log files
 
     @classmethod
     def look(cls, path: Path) -> Before:
         if not path.is_dir():
-            return cls(existed=False, created=_outermost_missing(path))
-        before = cls(existed=True)
+            return cls(created=_outermost_missing(path))
+        before = cls()
         for entry in path.iterdir():
             before.entries[entry.name] = entry.lstat().st_mtime_ns
             if entry.name.endswith(".log") and entry.is_file():
                 before.log_sizes[entry.name] = entry.stat().st_size
-        saved = [path / LOCK, *((path / ".hydra").glob("*") if (path / ".hydra").is_dir() else [])]
+        hydra = (path / ".hydra").glob("*") if (path / ".hydra").is_dir() else []
+        saved = [path / LOCK, path / SWEEP_CONFIG, *hydra]
         for file in saved:
             if file.is_file():
                 before.contents[str(file.relative_to(path))] = file.read_bytes()
@@ -125,7 +126,7 @@ def _found(run_dir: Path) -> Before | None:
     if key in _before:
         return _before[key]
     if key.parent in _before:
-        return Before(existed=False, created=key)
+        return Before(created=key)
     return None
 
 
@@ -167,6 +168,13 @@ def put_back(run_dir: Path) -> None:
                 break
             if _key(directory) == _key(before.created):
                 break
+
+
+def put_back_all() -> None:
+    """`put_back` every directory this command noted: for a command that fails after choosing
+    them but before its jobs run (a sweep whose jobs' overrides Hydra refuses)."""
+    for path in list(_before):
+        put_back(path)
 
 
 def _remove(path: Path) -> None:
@@ -213,7 +221,7 @@ def new_directory(path: Path, key: str = "hydra.run.dir") -> Path:
                 candidate.mkdir()
             except FileExistsError:
                 continue
-            remember(candidate, Before(existed=False, created=outermost or candidate))
+            remember(candidate, Before(created=outermost or candidate))
             return candidate
     except OSError as e:
         raise unwritable(path, e, key) from None

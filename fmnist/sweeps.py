@@ -41,6 +41,7 @@ from fmnist.errors import Interrupted, UserError, report, reports_user_errors, u
 from fmnist.files import write_text_atomically
 from fmnist.runs import (
     IGNORED_WHEN_RESUMING,
+    SWEEP_CONFIG,
     chosen_by_user,
     claim,
     claimed,
@@ -96,7 +97,7 @@ def varied(overrides: list[str]) -> list[str]:
 def saved_overrides(sweep_dir: Path) -> list[str]:
     """The overrides a sweep was started with (its multirun.yaml)."""
     try:
-        return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+        return list(OmegaConf.load(sweep_dir / SWEEP_CONFIG).hydra.overrides.task)
     except (OSError, ValueError, AttributeError) as e:
         raise UserError(
             f"{sweep_dir} is not a sweep directory (no readable multirun.yaml: {e}): give "
@@ -190,7 +191,7 @@ def newest_unfinished_sweep(parent: Path, overrides: list[str]) -> Path | None:
     """Claim and return the newest sweep under `parent` started with these overrides (in any
     order) that has jobs left to finish and no process running it; None if there is none."""
     wanted = sorted(sweep_overrides(overrides))
-    saved = sorted(parent.glob("*/multirun.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    saved = sorted(parent.glob(f"*/{SWEEP_CONFIG}"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in saved:
         sweep_dir = path.parent
         started_with = sweep_overrides(saved_overrides(sweep_dir))
@@ -207,7 +208,7 @@ def sweep_dir_for(overrides: list[str], new_dir: Path, user_dir: bool) -> Path:
     from their own last.pt or start). `user_dir`: `new_dir` is the user's, used as it is."""
     key = "hydra.sweep.dir"
     resuming = "trainer.resume=auto" in overrides
-    if resuming and user_dir and (new_dir / "multirun.yaml").is_file():
+    if resuming and user_dir and (new_dir / SWEEP_CONFIG).is_file():
         started_with = sweep_overrides(saved_overrides(new_dir))
         if sorted(started_with) != sorted(sweep_overrides(overrides)):
             raise UserError(
@@ -242,7 +243,7 @@ class Sweep(Callback):
         overrides = list(config.hydra.overrides.task)
         user_dir = chosen_by_user(config, "hydra.sweep.dir")
         sweep_dir = sweep_dir_for(overrides, Path(config.hydra.sweep.dir), user_dir)
-        if (sweep_dir / "multirun.yaml").is_file():  # a resumed sweep
+        if (sweep_dir / SWEEP_CONFIG).is_file():  # a resumed sweep
             overrides = in_saved_order(overrides, sweep_dir)
             with read_write(config):  # Hydra's sweeper reads them after this callback
                 config.hydra.overrides.task = overrides

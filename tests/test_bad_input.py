@@ -171,6 +171,7 @@ CASES = [
         "nesterov, weight_decay",
     ),
     (TRAIN, ["+optimizer.lrr=0.1"], "error: optimizer.lrr is not a setting of optimizer=sgd"),
+    (TRAIN, ["-m", "optimizer.lrr=0.1,0.2"], "error: optimizer.lrr is not a setting of"),
     (
         TRAIN,
         ["sed=1"],
