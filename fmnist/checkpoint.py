@@ -49,7 +49,14 @@ def resolve(path: str | os.PathLike[str], in_run_dir: str = "best.pt") -> Path:
     """A checkpoint file, or a run directory (then its checkpoints/`in_run_dir`)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / in_run_dir
+        run_dir, path = path, path / "checkpoints" / in_run_dir
+        last = run_dir / "checkpoints" / "last.pt"
+        if not path.is_file() and last.is_file():
+            raise UserError(
+                f"{run_dir} has no checkpoints/{in_run_dir}: its run stopped during its first "
+                f"epoch, and checkpoints/last.pt holds its weights as they were then: give "
+                f"ckpt_path={last}, or finish the run first (train.py with trainer.resume=auto)"
+            )
     if not path.is_file():
         raise UserError(
             f"no checkpoint at {path}: give a .pt file or a run directory under outputs/"

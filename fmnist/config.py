@@ -11,6 +11,8 @@ violation as one `UserError` line. Adding a model is one class in fmnist/models.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -180,8 +182,13 @@ class TorchLossConfig(LossConfig):
 
 
 def _check_optimizer(lr: float, weight_decay: float) -> None:
-    require(lr > 0, "optimizer.lr", lr, "must be > 0")
-    require(weight_decay >= 0, "optimizer.weight_decay", weight_decay, "must be >= 0")
+    require(math.isfinite(lr) and lr > 0, "optimizer.lr", lr, "must be > 0 and finite")
+    require(
+        math.isfinite(weight_decay) and weight_decay >= 0,
+        "optimizer.weight_decay",
+        weight_decay,
+        "must be >= 0 and finite",
+    )
 
 
 @option("optimizer", "sgd")
@@ -309,8 +316,40 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 def validate(cfg: DictConfig) -> object:
-    """Check every range and choice; the first problem is raised as a one-line `UserError`."""
+    """Check every key, range and choice; the first problem is raised as a one-line `UserError`
+    (`+optimizer.lrr=0.1` adds a key Hydra lets through: refused here, as a typo is)."""
+    _check_keys(cfg)
     return OmegaConf.to_object(cfg)
+
+
+def _check_keys(node: DictConfig, prefix: str = "") -> None:
+    """Every key of `node`, and of the sections under it, must be a field of its dataclass."""
+    schema = OmegaConf.get_type(node)
+    keys = [str(key) for key in node]
+    if isinstance(schema, type) and dataclasses.is_dataclass(schema):
+        for key in keys:
+            if key not in {f.name for f in dataclasses.fields(schema)}:
+                raise unknown_key(f"{prefix}{key}", schema)
+    for key in keys:
+        if not OmegaConf.is_missing(node, key) and isinstance(node[key], DictConfig):
+            _check_keys(node[key], f"{prefix}{key}.")
+
+
+def unknown_key(key: str, schema: type[Any]) -> UserError:
+    """The one line for a key its config section does not have, naming the keys it has."""
+    options = {
+        node: f"{group}={name}" for group, named in OPTIONS.items() for name, node in named.items()
+    }
+    section = options.get(schema) or key.rpartition(".")[0] or "the config"
+    names = ", ".join(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+    return UserError(f"{key} is not a setting of {section}: its settings are {names}")
+
+
+def option_name(group: str, settings: Any) -> str:
+    """The name of the group option a config section came from (`sgd`, `small_cnn`, ...)."""
+    target = settings.get("_target_") if isinstance(settings, dict) else None
+    names = [name for name, node in OPTIONS[group].items() if node._target_ == target]
+    return names[0] if names else str(target)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

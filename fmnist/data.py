@@ -53,12 +53,15 @@ SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 SIDE = 28
 
-HOW_TO_GET = (
-    "get it one of three ways: (1) go online and run `make data` (torchvision downloads it); "
-    "(2) `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, works offline); "
-    "(3) put the four .gz files in a directory and pass it with data.source_dirs=[DIR] "
-    "(or --source-dir DIR)"
-)
+
+def how_to_get(source_option: str) -> str:
+    """The ways to get the data, naming the option that gives a source directory in the command
+    at hand (`data.source_dirs=[DIR]` for train.py, `--source-dir DIR` for fmnist.data)."""
+    return (
+        "get it one of three ways: (1) go online and run `make data` (torchvision downloads it); "
+        "(2) `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, works offline); "
+        f"(3) put the four .gz files in a directory and pass it with {source_option}"
+    )
 
 
 @dataclass(frozen=True)
@@ -221,8 +224,10 @@ def prepare(
     root: str | os.PathLike[str] | None = None,
     source_dirs: tuple[str, ...] | list[str] = SYSTEM_DIRS,
     download: bool = True,
+    source_option: str = "data.source_dirs=[DIR]",
 ) -> str:
-    """Make sure verified Fashion-MNIST is under `root`; return where it came from."""
+    """Make sure verified Fashion-MNIST is under `root`; return where it came from.
+    `source_option`: how the command at hand names a source directory, for the error."""
     root = resolve_root(root)
     if _is_prepared(root):
         for spec in ALL_SPECS:
@@ -239,10 +244,12 @@ def prepare(
         except (RuntimeError, OSError) as e:
             reason = str(e).strip().splitlines()[-1]
             raise NoSourceError(
-                f"Fashion-MNIST is not in {root} and the download failed ({reason}); {HOW_TO_GET}"
+                f"Fashion-MNIST is not in {root} and the download failed ({reason}); "
+                f"{how_to_get(source_option)}"
             ) from None
     raise NoSourceError(
-        f"Fashion-MNIST is not in {root} and no source directory has it; {HOW_TO_GET}"
+        f"Fashion-MNIST is not in {root} and no source directory has it; "
+        f"{how_to_get(source_option)}"
     )
 
 
@@ -255,7 +262,9 @@ def load_split(
     root = resolve_root(root)
     if not _is_prepared(root):
         raise NoSourceError(
-            f"Fashion-MNIST is not prepared in {root}: run `make data`, or {HOW_TO_GET}"
+            f"Fashion-MNIST is not prepared in {root}: prepare it there with `python -m "
+            f"fmnist.data --root {root}` (`make data` prepares the project's data/), or give "
+            "data.root=DIR of a prepared copy"
         )
     image_spec, label_spec = SPECS[split]
     images = torch.frombuffer(bytearray(_read_prepared(root, image_spec)[16:]), dtype=torch.uint8)
@@ -290,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-download", action="store_true", help="never try torchvision's download"
     )
     args = parser.parse_args(argv)
-    origin = prepare(args.root, args.source_dir or SYSTEM_DIRS, download=not args.no_download)
+    sources = args.source_dir or SYSTEM_DIRS
+    origin = prepare(args.root, sources, not args.no_download, "--source-dir DIR")
     print(f"Fashion-MNIST {origin}")
     for split in SPLITS:
         _, labels = load_split(split, args.root)

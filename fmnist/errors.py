@@ -25,6 +25,24 @@ class UserError(Exception):
             self.exit_code = exit_code
 
 
+class Interrupted(UserError):
+    """Training stopped on a signal, after saving a checkpoint: it ends a sweep too."""
+
+    label = "stopped"
+
+
+def user_error(error: BaseException) -> UserError | None:
+    """The `UserError` an exception is, or wraps (Hydra's instantiate wraps what a constructor
+    raises); None for anything else."""
+    found = error if isinstance(error, UserError) else error.__cause__
+    return found if isinstance(found, UserError) else None
+
+
+def report(error: UserError) -> None:
+    """`error: <message>` (or `stopped: ...`) on stderr."""
+    print(f"{error.label}: {error}", file=sys.stderr)
+
+
 def reports_user_errors(fn: Callable[P, T]) -> Callable[P, T]:
     """Turn a `UserError` raised by `fn` into `error: <message>` on stderr and its exit code."""
 
@@ -33,11 +51,10 @@ def reports_user_errors(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            # Hydra's instantiate wraps what a constructor raises: look through it.
-            error = e if isinstance(e, UserError) else e.__cause__
-            if not isinstance(error, UserError):
+            error = user_error(e)
+            if error is None:
                 raise
-            print(f"{error.label}: {error}", file=sys.stderr)
+            report(error)
             sys.exit(error.exit_code)
 
     return wrapper

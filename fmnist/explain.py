@@ -194,8 +194,10 @@ def _count(n: int, noun: str) -> str:
 
 
 def _agreement(ours: float, theirs: float) -> str:
+    if math.isinf(ours) and ours == theirs:  # a true class with q = 0: both losses infinite
+        return "They agree: yes (both infinite)."
     difference = abs(ours - theirs)
-    if difference <= AGREE_TOLERANCE or (math.isinf(ours) and ours == theirs):
+    if difference <= AGREE_TOLERANCE:
         return f"They agree: yes (difference {difference:.1e})."
     return f"They agree: NO (difference {difference:.1e})."
 
@@ -237,6 +239,8 @@ def _read_targets(value: object, num_rows: int, num_classes: int) -> list[int]:
     values = list(value) if isinstance(value, list | tuple) else [value]
     targets: list[int] = []
     for t in values:
+        if isinstance(t, str) and t.strip().isdigit():  # target='1': quoted, still an index
+            t = int(t)
         if isinstance(t, bool) or not isinstance(t, int):
             raise UserError(f"targets must be whole class indices like 0 or [1,2], got {t!r}")
         if not 0 <= t < num_classes:

@@ -13,7 +13,7 @@ import torch
 
 from fmnist import checkpoint, distributed
 from fmnist.engine import Metrics, Position, Training
-from fmnist.errors import UserError
+from fmnist.errors import Interrupted
 from fmnist.files import write_text_atomically
 from fmnist.runs import check_same_config
 
@@ -148,7 +148,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (a second one stops at once)."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second one stops at once).
+    `resume`: the command that continues the run, for the message."""
+
+    def __init__(self, resume: str) -> None:
+        self.resume = resume
 
     def __enter__(self) -> StopSignals:
         self.received: int | None = None
@@ -161,8 +165,7 @@ class StopSignals:
         if self.received is not None:
             raise Interrupted(
                 f"a second {signal.Signals(signum).name}: stopped at once, without saving; "
-                "continue from the last checkpoint with `python scripts/train.py "
-                "trainer.resume=auto` (same overrides)",
+                f"continue from the last checkpoint with: {self.resume}",
                 exit_code=128 + signum,
             )
         self.received = signum
@@ -170,9 +173,3 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-class Interrupted(UserError):
-    """Training stopped on a signal, after saving a checkpoint."""
-
-    label = "stopped"

@@ -14,7 +14,7 @@ from typing import Any, cast
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from fmnist.config import DEVICES, at_least, choose, require
+from fmnist.config import DEVICES, at_least, choose, require, validate
 from fmnist.data import CLASSES, SPLITS
 from fmnist.engine import TTA_MODES
 from fmnist.errors import UserError
@@ -82,7 +82,7 @@ CHECKPOINT_USAGE = (
 def validate_evaluate(cfg: DictConfig) -> EvaluateConfig:
     """Check every range and choice; the first problem is raised as a one-line `UserError`."""
     required(cfg, "ckpt_path", f"python scripts/evaluate.py {CHECKPOINT_USAGE}")
-    return cast(EvaluateConfig, OmegaConf.to_object(cfg))
+    return cast(EvaluateConfig, validate(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class SnapshotConfig:
 
 def validate_snapshot(cfg: DictConfig) -> SnapshotConfig:
     """Check every range and choice (the model's too); the first problem is one `UserError`."""
-    return cast(SnapshotConfig, OmegaConf.to_object(cfg))
+    return cast(SnapshotConfig, validate(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,6 +162,8 @@ def _squashed(name: str) -> str:
 def class_index(key: str, value: Any) -> int | None:
     """A class given as an index 0..9 or a name, in any case and spacing: `coat`, `Ankle_boot`,
     `t-shirt` (either half of T-shirt/top names it). None stays None."""
+    if isinstance(value, str) and value.strip().isdigit():  # target='3': quoted, still an index
+        value = int(value)
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         _check_class(key, value)
         return value
@@ -213,7 +215,7 @@ def validate_predict(cfg: DictConfig) -> PredictConfig:
     usage = "python scripts/predict.py ckpt_path=<run dir, .pt or .onnx> images=[a.png,photos/]"
     required(cfg, "ckpt_path", usage)
     required(cfg, "images", usage)
-    return cast(PredictConfig, OmegaConf.to_object(cfg))
+    return cast(PredictConfig, validate(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ class ExportConfig:
 def validate_export(cfg: DictConfig) -> ExportConfig:
     """Check every range and choice; the first problem is raised as a one-line `UserError`."""
     required(cfg, "ckpt_path", f"python scripts/export.py {CHECKPOINT_USAGE} format=onnx")
-    return cast(ExportConfig, OmegaConf.to_object(cfg))
+    return cast(ExportConfig, validate(cfg))
 
 
 store = ConfigStore.instance()

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from fmnist import distributed, run_state, runs
+from fmnist import distributed, run_state, runs, sweeps
 from fmnist.config import validate
 from fmnist.engine import (
     Compute,
@@ -25,7 +29,7 @@ from fmnist.engine import (
     train_epoch,
     weight_average,
 )
-from fmnist.errors import UserError, reports_user_errors
+from fmnist.errors import Interrupted, UserError, reports_user_errors
 from fmnist.report.training import TrainingReport
 
 log = logging.getLogger("fmnist")
@@ -33,17 +37,27 @@ log = logging.getLogger("fmnist")
 
 @reports_user_errors
 def main(cfg: DictConfig) -> float:
-    """`scripts/train.py`: validate, train in Hydra's run directory, return test accuracy."""
-    with runs.removed_if_unused(runs.output_dir()) as run_dir:
-        validate(cfg)
-        if runs.resumed_sweep_job_finished(cfg, run_dir):
-            log.info("%s finished before this sweep was resumed: kept as it is", run_dir)
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+    """`scripts/train.py`: validate, train in Hydra's run directory, return test accuracy (NaN
+    for a sweep's job that failed: it is recorded, and the sweep goes on)."""
+    run_dir = runs.output_dir()
+    with runs.removed_if_unused(run_dir):
+        if runs.in_sweep():
+            metrics = sweeps.job(run_dir, lambda: run(cfg, run_dir))
         else:
-            metrics = train(cfg, run_dir)
+            metrics = run(cfg, run_dir)
     distributed.leave()  # under torchrun: all ranks here, then the group is gone
-    test_acc: float = metrics["test_acc"]
+    test_acc: float = metrics["test_acc"] if metrics else math.nan
     return test_acc
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Validate, then train (a resumed sweep's job that finished before is kept as it is)."""
+    validate(cfg)
+    if runs.in_sweep() and sweeps.kept(cfg, run_dir):
+        log.info("%s finished before this sweep was resumed: kept as it is", run_dir)
+        metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
+        return metrics
+    return train(cfg, run_dir)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -63,9 +77,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resumed_at = position.step if source else None
     with (
         TrainingReport(run_dir, settings, distributed.is_main(), resumed_at) as report,
-        run_state.StopSignals() as stop,
+        run_state.StopSignals(continue_command()) as stop,
     ):
-        report.start(training, config, source, position)
+        varied = sweeps.varied_settings() if runs.in_sweep() else []
+        report.start(training, config, source, position, varied)
         for _ in report.epochs(position, settings.max_epochs):
             start = time.perf_counter()
             max_skipped = settings.max_skipped_in_a_row if settings.skip_nonfinite else 0
@@ -109,18 +124,46 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         best["epoch"],
         run_dir,
     )
+    check_usable(metrics, run_dir)
     return metrics
 
 
-def interrupted(
-    signum: int | None, step: int, checkpoints: run_state.Checkpoints
-) -> run_state.Interrupted:
-    """The one line a stopped run ends with: where it saved, and how to continue."""
+def check_usable(metrics: dict[str, Any], run_dir: Path) -> None:
+    """A run whose model gives a non-finite validation or test loss has diverged: it ends in one
+    line and a non-zero exit, not as a normal run. Steps skipped by a run whose model is fine are
+    noted."""
+    losses = {key: metrics[key] for key in ("val_loss", "test_loss") if key in metrics}
+    batches = metrics["steps"] + metrics["skipped_steps"]
+    skipped = f"{metrics['skipped_steps']} of {batches} batches skipped"
+    if not all(math.isfinite(value) for value in losses.values()):
+        shown = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in losses.items())
+        raise UserError(
+            f"the run diverged ({skipped} for a non-finite loss; {shown}): its model in "
+            f"{run_dir} is unusable; start again with a lower optimizer.lr"
+        )
+    if metrics["skipped_steps"]:
+        log.info("note: %s for a non-finite loss; the model's losses are finite", skipped)
+
+
+def continue_command() -> str:
+    """The command that continues this run (in a sweep: the whole sweep), ready to paste: the
+    same overrides, trainer.resume=auto, and the run's (or sweep's) directory."""
+    hydra = HydraConfig.get()
+    if runs.in_sweep():
+        sweep_dir = Path(hydra.sweep.dir)
+        given, where = ["-m", *sweeps.saved_overrides(sweep_dir)], f"hydra.sweep.dir={sweep_dir}"
+    else:
+        given, where = list(hydra.overrides.task), f"hydra.run.dir={hydra.run.dir}"
+    kept = [item for item in given if sweeps.key_of(item) not in ("trainer.resume", "ckpt_path")]
+    return shlex.join(["python", sys.argv[0], *kept, "trainer.resume=auto", where])
+
+
+def interrupted(signum: int | None, step: int, checkpoints: run_state.Checkpoints) -> Interrupted:
+    """The one line a stopped run ends with: where it saved, and the command that continues it."""
     signum = signum or signal.SIGTERM  # another rank received it
-    again = "-m <the same sweep> " if runs.in_sweep() else ""
-    return run_state.Interrupted(
+    return Interrupted(
         f"{signal.Signals(signum).name} at step {step}: saved {checkpoints.directory / 'last.pt'}; "
-        f"continue with `python scripts/train.py {again}trainer.resume=auto` (same overrides)",
+        f"continue with: {continue_command()}",
         exit_code=128 + signum,
     )
 
@@ -140,9 +183,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_loss(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """The `loss` group's object; its class weights become a tensor, as both losses expect."""
+    """The `loss` group's object; its class weights become a tensor, as both losses expect
+    (given to the constructor, not through the config, whose `weight` is a list of floats)."""
     weight = None if cfg.weight is None else torch.tensor(list(cfg.weight), dtype=torch.float32)
-    loss: torch.nn.Module = instantiate(cfg, weight=weight).to(device)
+    loss: torch.nn.Module = instantiate(cfg, _partial_=True)(weight=weight).to(device)
     return loss
 
 

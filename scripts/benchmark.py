@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import fmnist.benchmark
+import fmnist.cli
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
@@ -12,4 +13,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

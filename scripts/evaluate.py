@@ -7,6 +7,7 @@ python scripts/evaluate.py ckpt_path=outputs/runs/2025-01-01_12-00-00/checkpoint
 import hydra
 from omegaconf import DictConfig
 
+import fmnist.cli
 import fmnist.evaluate
 
 
@@ -16,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

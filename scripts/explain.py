@@ -8,6 +8,7 @@ python scripts/explain.py probs=[0.7,0.2,0.1] target=0
 import hydra
 from omegaconf import DictConfig
 
+import fmnist.cli
 import fmnist.explain
 
 
@@ -17,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

@@ -7,6 +7,7 @@ python scripts/predict.py ckpt_path=outputs/runs/2025-01-01_12-00-00 images=[coa
 import hydra
 from omegaconf import DictConfig
 
+import fmnist.cli
 import fmnist.predict
 
 
@@ -16,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

@@ -10,6 +10,7 @@ python scripts/snapshot.py target=4 \\
 import hydra
 from omegaconf import DictConfig
 
+import fmnist.cli
 import fmnist.snapshot
 
 
@@ -19,4 +20,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

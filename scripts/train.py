@@ -8,6 +8,7 @@ python scripts/train.py -m loss=scratch,torch seed=0,1,2
 import hydra
 from omegaconf import DictConfig
 
+import fmnist.cli
 import fmnist.train
 
 
@@ -17,4 +18,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

@@ -12,6 +12,7 @@ import itertools
 import os
 import runpy
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -215,6 +216,49 @@ def scalars(run_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
     """(step, value) of one scalar tag, over all events files of the run directory."""
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def contents(directory: Path) -> dict[str, bytes | None]:
+    """Everything under `directory`, by relative path: each file's bytes (None for a folder)."""
+    return {
+        str(path.relative_to(directory)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+    }
+
+
+def copy_run(run_dir: Path, to: Path, finished: bool = True) -> Path:
+    """A copy of a trained run to damage or resume; `finished=False`: as if it had been stopped
+    before its end (no metrics.json)."""
+    shutil.copytree(run_dir, to)
+    if not finished:
+        (to / "metrics.json").unlink()
+    return to
+
+
+def continue_command(stderr: str) -> list[str]:
+    """The command a stopped run's last line says continues it, as it would run in a shell
+    (`python` being this interpreter)."""
+    command = shlex.split(stderr.strip().splitlines()[-1].split("continue with: ", 1)[1])
+    assert command[0] == "python"
+    return [sys.executable, *command[1:]]
+
+
+def hparams_experiment(run_dir: Path) -> list[tuple[str, bool]]:
+    """The HPARAMS experiment a run wrote: its settings in order, each with whether it is marked
+    as differing between runs (the tab shows those first)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    (path,) = run_dir.glob("events.out.tfevents.*")
+    for event in EventFileLoader(str(path)).Load():
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == "hparams":
+                data = plugin_data_pb2.HParamsPluginData.FromString(
+                    value.metadata.plugin_data.content
+                )
+                if data.HasField("experiment"):
+                    return [(info.name, info.differs) for info in data.experiment.hparam_infos]
+    raise AssertionError(f"no HPARAMS experiment in {path}")
 
 
 def hparams_sessions(run_dir: Path) -> list[dict]:

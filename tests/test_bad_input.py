@@ -10,7 +10,8 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import SMOKE, RunsCode, png_header, run_in_process, run_script
+from conftest import SMOKE, RunsCode, copy_run, png_header, run_in_process, run_script
+from omegaconf import OmegaConf
 
 from fmnist import data
 from fmnist.prepare import image_of
@@ -35,6 +36,17 @@ def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
 
     checkpoint = trained_run / "checkpoints" / "last.pt"
     made["smoke_ckpt"] = str(checkpoint)
+    made["finished_run"] = str(copy_run(trained_run, base / "finished"))
+    made["stopped_run"] = str(copy_run(trained_run, base / "stopped", finished=False))
+    (base / "stopped_early" / "checkpoints").mkdir(parents=True)  # before its first epoch's end
+    shutil.copy(checkpoint, base / "stopped_early" / "checkpoints" / "last.pt")
+    made["stopped_early"] = str(base / "stopped_early")
+    made["sweep"] = str(base / "sweep")
+    (base / "sweep").mkdir()
+    task = {"hydra": {"overrides": {"task": ["optimizer.lr=0.05,0.1", "seed=0"]}}}
+    OmegaConf.save(task, base / "sweep" / "multirun.yaml")
+    for run in RUNS:
+        made[f"{run} listing"] = listing(Path(made[run]))
     truncated = base / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     made["truncated_ckpt"] = str(truncated)
@@ -77,6 +89,16 @@ def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
     return made
 
 
+RUNS = ("finished_run", "stopped_run", "stopped_early", "sweep")  # directories cases point at
+
+
+def listing(directory: Path) -> str:
+    """What `directory` holds: each file's path, size and modification time."""
+    return repr(
+        [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.rglob("*"))]
+    )
+
+
 TRAIN = "scripts/train.py"
 EXPLAIN = "scripts/explain.py"
 EVALUATE = "scripts/evaluate.py"
@@ -84,12 +106,21 @@ SNAPSHOT = "scripts/snapshot.py"
 PREDICT = "scripts/predict.py"
 EXPORT = "scripts/export.py"
 BENCHMARK = "scripts/benchmark.py"
+UNWRITABLE = (  # /sys: no directory can be made there, even by root
+    "error: cannot create or write the output directory /sys/x (Operation not permitted): give "
+    "one you can write, hydra.{}.dir=DIR"
+)
+BEFORE_ITS_FIRST_EPOCH = (
+    "{stopped_early} has no checkpoints/best.pt: its run stopped during its first epoch, and "
+    "checkpoints/last.pt holds its weights as they were then: give "
+    "ckpt_path={stopped_early}/checkpoints/last.pt"
+)
 CASES = [
     # (script, arguments, what the message must say)
-    (TRAIN, ["loss=foo"], "Could not find 'loss/foo'"),
-    (TRAIN, ["model.foo=1"], "Could not override 'model.foo'"),
-    (TRAIN, ["data.batch_size=abc"], "could not be converted to Integer"),
-    (TRAIN, ["trainer.max_epochs=1.5"], "could not be converted to Integer"),
+    (TRAIN, ["loss=foo"], "loss=foo is not an option of loss: choose one of scratch, torch"),
+    (TRAIN, ["model.foo=1"], "model.foo is not a setting of model=small_cnn: its settings are"),
+    (TRAIN, ["data.batch_size=abc"], "data.batch_size=abc is invalid: Value 'abc' of type 'str'"),
+    (TRAIN, ["trainer.max_epochs=1.5"], "trainer.max_epochs=1.5 is invalid: Value '1.5' of type"),
     (TRAIN, ["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is invalid: must be > 0"),
     (TRAIN, ["optimizer.lr=0"], "optimizer.lr=0.0 is invalid: must be > 0"),
     (TRAIN, ["data.batch_size=0"], "data.batch_size=0 is invalid"),
@@ -117,7 +148,7 @@ CASES = [
     (
         TRAIN,
         ["ckpt_path={smoke_ckpt}", SMOKE, "model=linear"],
-        "was trained with another config (model._target_=fmnist.models.SmallCNN there",
+        "was trained with another config (model=small_cnn there, linear now)",
     ),
     (TRAIN, ["ckpt_path={truncated_ckpt}"], "is not a readable checkpoint"),
     (TRAIN, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
@@ -131,6 +162,55 @@ CASES = [
     (TRAIN, ["-m", "seed=0,1", "trainer.resume=auto"], "found no unfinished sweep under"),
     (TRAIN, ["ckpt_path={smoke_ckpt}", SMOKE], "has finished (metrics.json exists)"),
     (TRAIN, ["trainer.max_skipped_in_a_row=0"], "trainer.max_skipped_in_a_row=0 is invalid"),
+    (TRAIN, ["optimizer.lr=inf"], "optimizer.lr=inf is invalid: must be > 0 and finite"),
+    (TRAIN, ["optimizer.lr=nan"], "optimizer.lr=nan is invalid: must be > 0 and finite"),
+    (
+        TRAIN,
+        ["optimizer.lrr=0.1"],
+        "error: optimizer.lrr is not a setting of optimizer=sgd: its settings are lr, momentum, "
+        "nesterov, weight_decay",
+    ),
+    (TRAIN, ["+optimizer.lrr=0.1"], "error: optimizer.lrr is not a setting of optimizer=sgd"),
+    (TRAIN, ["-m", "optimizer.lrr=0.1,0.2"], "error: optimizer.lrr is not a setting of"),
+    (
+        TRAIN,
+        ["sed=1"],
+        "error: sed is not a setting of the config: its settings are data, model, loss, optimizer",
+    ),
+    (
+        TRAIN,
+        ["ckpt_path=outputs/multirun/x/0_data.subset=8192,loss=scratch"],
+        "error: cannot read 'ckpt_path=outputs/multirun/x/0_data.subset=8192,loss=scratch': "
+        "mismatched input '='",
+    ),
+    (TRAIN, ["hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
+    (TRAIN, ["-m", "seed=0,1", "hydra.sweep.dir=/sys/x"], UNWRITABLE.format("sweep")),
+    (
+        TRAIN,
+        ["hydra.run.dir={finished_run}"],
+        "error: {finished_run} holds a finished run (metrics.json exists): give another "
+        "hydra.run.dir for a new run",
+    ),
+    (
+        TRAIN,
+        [SMOKE, "trainer.resume=auto", "hydra.run.dir={finished_run}"],
+        "error: {finished_run} has finished (metrics.json exists): nothing to resume",
+    ),
+    (
+        TRAIN,
+        ["hydra.run.dir={stopped_run}"],
+        "error: {stopped_run} holds an unfinished run: continue it with trainer.resume=auto",
+    ),
+    (
+        TRAIN,
+        [SMOKE, "seed=1", "trainer.resume=auto", "hydra.run.dir={stopped_run}"],
+        "(seed=0 there, 1 now): resume with the same overrides",
+    ),
+    (
+        TRAIN,
+        ["-m", "optimizer.lr=0.05,0.2", "trainer.resume=auto", "hydra.sweep.dir={sweep}"],
+        "error: {sweep} was started with other overrides (optimizer.lr=0.05,0.1 seed=0): resume",
+    ),
     (EXPLAIN, ["logits=[[1,2],[3]]"], "error:"),
     (EXPLAIN, ["logits=[1,2,3]", "targets=3"], "error:"),
     (EXPLAIN, ["logits=[1,a,3]", "targets=0"], "error:"),
@@ -142,6 +222,20 @@ CASES = [
     (EVALUATE, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
     (EVALUATE, ["ckpt_path={torch_pickle_ckpt}"], "was refused"),
     (EVALUATE, ["ckpt_path={smoke_ckpt}", "split=holdout"], "split"),
+    (
+        EVALUATE,
+        ["splitt=val"],
+        "error: splitt is not a setting of the config: its settings are ckpt_path, split, device",
+    ),
+    (EVALUATE, ["ckpt_path={stopped_early}"], BEFORE_ITS_FIRST_EPOCH),
+    (
+        EVALUATE,
+        ["ckpt_path={smoke_ckpt}", "data.root={tmp}/missing"],
+        "error: Fashion-MNIST is not prepared in {tmp}/missing: prepare it there with `python -m "
+        "fmnist.data --root {tmp}/missing` (`make data` prepares the project's data/), or give "
+        "data.root=DIR of a prepared copy",
+    ),
+    (EVALUATE, ["ckpt_path={smoke_ckpt}", "hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
     (SNAPSHOT, ["index=10000"], "index"),
     (SNAPSHOT, ["target_class=10"], "target_class"),
     (SNAPSHOT, ["probs=[0.5,0.6]", "target=0"], "error:"),
@@ -154,7 +248,14 @@ CASES = [
         "error:",
     ),
     (SNAPSHOT, ["ckpt_path={pickle_ckpt}"], "was refused"),
+    (SNAPSHOT, ["model.foo=1"], "error: model.foo is not a setting of model=small_cnn"),
+    (SNAPSHOT, ["hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
     (PREDICT, ["images=[{picture}]"], "ckpt_path is required"),
+    (
+        PREDICT,
+        ["ckpt_path={smoke_ckpt}", "images=[{picture}]", "hydra.run.dir=/sys/x"],
+        UNWRITABLE.format("run"),
+    ),
     (PREDICT, ["ckpt_path={smoke_ckpt}"], "images is required"),
     (
         PREDICT,
@@ -200,6 +301,8 @@ CASES = [
     (EXPORT, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
     (EXPORT, ["ckpt_path={torch_pickle_ckpt}"], "was refused"),
     (EXPORT, ["ckpt_path={smoke_ckpt}", "format=tflite"], "choose one of onnx, torchscript"),
+    (EXPORT, ["ckpt_path={stopped_early}"], BEFORE_ITS_FIRST_EPOCH),
+    (EXPORT, ["ckpt_path={smoke_ckpt}", "hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
     (
         BENCHMARK,
         ["presets=[fast,nosuch]"],
@@ -207,6 +310,7 @@ CASES = [
         "In 'train': Could not find 'experiment/nosuch'",
     ),
     (BENCHMARK, ['presets=["trainer.max_epochs=0"]'], "trainer.max_epochs=0 is invalid"),
+    (BENCHMARK, ["hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
 ]
 
 
@@ -217,6 +321,8 @@ REAL = {  # (script, *its arguments)
     (TRAIN, "optimizer.lr=0"),
     (TRAIN, "data.root={corrupt_root}"),
     (TRAIN, "ckpt_path={pickle_ckpt}"),
+    (TRAIN, "optimizer.lrr=0.1"),
+    (TRAIN, "hydra.run.dir=/sys/x"),
     (EXPLAIN, "logits=[[1,2],[3]]"),
     (EVALUATE,),
     (SNAPSHOT, "target_class=10"),
@@ -253,3 +359,5 @@ def check(run, files, tmp_path, script, arguments, message) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert [p for p in cwd.rglob("*") if p.is_file()] == []  # nothing half-written
     assert not Path(files["marker"]).exists()  # no checkpoint ever ran code
+    for run in RUNS:  # the cases that refuse them leave them as they were
+        assert listing(Path(files[run])) == files[f"{run} listing"], run

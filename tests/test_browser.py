@@ -1,11 +1,12 @@
 """TensorBoard as a person sees it, in a real browser.
 
-Two short runs (`loss=scratch` and `loss=torch`) go into a fresh logdir, a real `tensorboard`
-server serves it on 127.0.0.1, and headless Chromium (Debian's `chromium` package, driven by
-Playwright from PyPI through `executable_path`: no browser download) opens its tabs: the
-`train/loss` chart with both runs, the HPARAMS table with values in its metric columns, the
-projector's embedding and the ten per-class PR curves. Each test saves a screenshot of its tab
-under its temporary directory.
+A short sweep over the loss (`-m loss=scratch,torch`) goes into a fresh logdir, a real
+`tensorboard` server serves it on 127.0.0.1, and headless Chromium (Debian's `chromium` package,
+driven by Playwright from PyPI through `executable_path`: no browser download) opens its tabs:
+the `train/loss` chart with both runs, named by what the sweep varies; the HPARAMS table with
+that setting as its first column and values in its metric columns; the projector's embedding
+and the ten per-class PR curves. Each test saves a screenshot of its tab under its temporary
+directory.
 
 Without Chromium or Playwright the tests skip, unless FMNIST_REQUIRE_BROWSER=1 (`.ci/run` sets
 it), which makes them fail instead.
@@ -24,14 +25,15 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import SMOKE, run_script
+from omegaconf import OmegaConf
 
 from fmnist import data
-from fmnist.report.training import EMBEDDED, METRICS
+from fmnist.benchmark import compose_train
+from fmnist.report.training import EMBEDDED, METRICS, hparams
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -40,7 +42,8 @@ except ImportError:  # the `chromium` fixture skips (or fails) before anything n
 
 pytestmark = pytest.mark.slow
 
-RUNS = ("scratch", "torch")  # one run per loss; the run directories' names are the run names
+LOSSES = ("scratch", "torch")
+RUNS = ("0_loss-scratch", "1_loss-torch")  # the sweep's jobs, named by what varies: the runs
 PR_TAGS = sorted(f"test/pr/{name.replace('/', '-')}" for name in data.CLASSES)
 TIMEOUT_MS = 30_000  # for anything the page has to fetch and draw
 # As root, Chromium needs --no-sandbox; the others keep it off the (closed) network.
@@ -74,23 +77,20 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def logdir(data_root, tmp_path_factory) -> Path:
-    """A fresh logdir with two short runs (2 steps each), trained side by side."""
+    """A fresh logdir holding a sweep of two short runs (2 steps each), one per loss."""
     logdir = tmp_path_factory.mktemp("logdir")
-
-    def train(loss: str) -> subprocess.CompletedProcess:
-        return run_script(
-            "scripts/train.py",
-            SMOKE,
-            "data.subset=256",
-            "trainer.max_epochs=1",
-            "trainer.tta=none",  # half the test-set time; nothing here looks at accuracy
-            f"loss={loss}",
-            f"hydra.run.dir={logdir / loss}",
-        )
-
-    with ThreadPoolExecutor(len(RUNS)) as pool:
-        for result in pool.map(train, RUNS):
-            assert result.returncode == 0, result.stderr
+    result = run_script(
+        "scripts/train.py",
+        "-m",
+        f"loss={','.join(LOSSES)}",
+        SMOKE,
+        "data.subset=256",
+        "trainer.max_epochs=1",
+        "trainer.tta=none",  # half the test-set time; nothing here looks at accuracy
+        f"hydra.sweep.dir={logdir}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in logdir.iterdir() if p.is_dir()) == list(RUNS)
     return logdir
 
 
@@ -189,8 +189,13 @@ def test_hparams_table_shows_each_runs_metrics(board: str, page: Page, tmp_path:
     page.goto(f"{board}/#hparams")
     table = page.locator("tf-hparams-table-view").get_by_role("grid")
     expect(table.get_by_role("gridcell", name=RUNS[-1], exact=True)).to_be_visible()
-    # Not every column shows by default: tick the loss and every metric in the side panel.
-    for column in ("loss", *METRICS):
+    # What the sweep varies is the first setting column, shown without ticking anything.
+    expect(page.get_by_role("checkbox", name="loss", exact=True)).to_be_checked()
+    header, _ = read_grid(table)
+    settings = hparams(OmegaConf.to_container(compose_train([SMOKE]), resolve=True))
+    assert next(column for column in header if column in settings) == "loss", header
+    # Not every column shows by default: tick every metric in the side panel.
+    for column in METRICS:
         page.get_by_role("checkbox", name=column, exact=True).check()
     last_column = table.get_by_role("columnheader", name=METRICS[-1], exact=True)
     expect(last_column).to_be_visible()
@@ -199,7 +204,7 @@ def test_hparams_table_shows_each_runs_metrics(board: str, page: Page, tmp_path:
     assert sorted(rows) == sorted(RUNS), rows
     for run, cells in rows.items():
         shown = dict(zip(header, cells, strict=True))
-        assert shown["loss"] == run
+        assert shown["loss"] == dict(zip(RUNS, LOSSES, strict=True))[run]
         for metric in METRICS:
             assert math.isfinite(float(shown[metric])), (run, metric, shown[metric])
         assert 0 < float(shown["test/acc"]) <= 1 and float(shown["test/loss"]) > 0

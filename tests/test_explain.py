@@ -60,6 +60,19 @@ def test_probabilities_of_the_coat_example(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_certain_wrong_answer_costs_infinity_in_both_losses(tmp_path):
+    result = run_explain("probs=[1,0]", "target=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "They agree: yes (both infinite)." in result.stdout and "nan" not in result.stdout
+
+
+def test_a_quoted_target_is_an_index(tmp_path):
+    quoted = run_explain("probs=[0.7,0.2,0.1]", "target='1'", cwd=tmp_path)
+    plain = run_explain("probs=[0.7,0.2,0.1]", "target=1", cwd=tmp_path)
+    assert quoted.returncode == 0, quoted.stderr
+    assert quoted.stdout == plain.stdout
+
+
 def test_custom_single_row_of_logits():
     result = run_explain("logits=[1,2,3]", "targets=0")
     assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ from fmnist import checkpoint, data, engine, predict
 from fmnist.errors import UserError
 from fmnist.losses import cross_entropy, softmax
 from fmnist.prepare import image_of, prepare
-from fmnist.script_configs import PrepareConfig
+from fmnist.script_configs import PrepareConfig, class_index
 
 PREDICT = "scripts/predict.py"
 COUNT = 300  # test images per disguise
@@ -261,6 +261,13 @@ def test_a_gif_first_frame_and_a_webp(tmp_path):
     assert predict.read_picture(tmp_path / "a.gif").convert("L").getpixel((0, 0)) == 0
     Image.new("RGB", (20, 20), (255, 255, 255)).save(tmp_path / "b.webp")
     assert predict.read_picture(tmp_path / "b.webp").size == (20, 20)
+
+
+def test_a_quoted_target_is_an_index():
+    """target='3' arrives as the string "3": it is class 3, not an unknown class name."""
+    assert class_index("target", "3") == 3 and class_index("target", " 3") == 3
+    with pytest.raises(UserError, match=r"target=10 is invalid: a class is 0\.\.9"):
+        class_index("target", "10")
 
 
 def test_collect(tmp_path):

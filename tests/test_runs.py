@@ -14,6 +14,9 @@ import pytest
 import torch
 from conftest import (
     SMOKE,
+    contents,
+    continue_command,
+    copy_run,
     hparams_sessions,
     run_in_process,
     run_script,
@@ -28,7 +31,7 @@ from fmnist.benchmark import compose_train
 from fmnist.errors import UserError
 from fmnist.files import write_atomically, write_text_atomically
 from fmnist.run_state import Checkpoints, Progress
-from fmnist.runs import claim, new_directory
+from fmnist.runs import claim, config_differences, forget_all, new_directory, put_back
 from fmnist.train import build
 
 QUICK = [SMOKE, "data.subset=256", "trainer.max_epochs=1"]
@@ -127,12 +130,18 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_weights(data_root, tm
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
-    assert "-m <the same sweep> trainer.resume=auto" in stderr.strip().splitlines()[-1]
     first, second = job_dirs(cut)
+    command = continue_command(stderr)  # the whole sweep, ready to paste
+    assert command[2:] == [
+        "-m",
+        *SWEEP[1:],
+        "trainer.resume=auto",
+        f"hydra.sweep.dir={first.parent.relative_to(cut)}",
+    ]
     kept = (first / "metrics.json").stat().st_mtime_ns
     assert not (second / "metrics.json").exists()
 
-    resumed = run_script("scripts/train.py", *SWEEP, "trainer.resume=auto", cwd=cut)
+    resumed = subprocess.run(command, cwd=cut, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "finished before this sweep was resumed: kept as it is" in resumed.stdout
     assert f"Resuming {second}/checkpoints/last.pt" in resumed.stdout
@@ -150,6 +159,189 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_weights(data_root, tm
     again = run_script("scripts/train.py", *SWEEP, "trainer.resume=auto", cwd=cut)
     assert again.returncode == 2
     assert again.stderr.startswith("error: trainer.resume=auto found no unfinished sweep under")
+
+
+@pytest.mark.slow
+def test_failed_jobs_are_recorded_and_the_sweep_goes_on(data_root, tmp_path):
+    """Six jobs: a config mistake, a divergence and a missing dataset each fail their job in one
+    line, recorded in its failed.txt and the summary, while the other jobs run; the sweep then
+    exits naming them. Resumed with the overrides in another order, it keeps the finished job,
+    retries the others in their own directories (the dataset is there now: those jobs finish)."""
+    (tmp_path / "good").symlink_to(data_root)
+    sweep = tmp_path / "sweep"
+    given = ["-m", *TINY, "data.root=good,later", "optimizer.lr=0.05,1e30,-1"]
+    given += ["data.source_dirs=[]", "data.download=false", f"hydra.sweep.dir={sweep}"]
+    result = run_in_process("scripts/train.py", *given, cwd=tmp_path)
+    assert result.returncode == 2
+    names = [
+        f"{n}_data.root-{root}_optimizer.lr-{lr}"
+        for n, (root, lr) in enumerate(
+            (root, lr) for root in ("good", "later") for lr in ("0.05", "1e+30", "-1")
+        )
+    ]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names
+    jobs = [sweep / name for name in names]
+    config_error = "optimizer.lr=-1.0 is invalid: must be > 0 and finite"
+    diverged = "the loss is nan at step "
+    no_data = f"Fashion-MNIST is not in {tmp_path / 'later'} and no source directory has it"
+    expected = {1: diverged, 2: config_error, 3: no_data, 4: no_data, 5: config_error}
+    for number, reason in expected.items():
+        assert (jobs[number] / "failed.txt").read_text().startswith(reason), number
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines  # one line each
+    assert len(lines) == 6 and lines[-1].startswith("error: 5 of 6 jobs failed: job 1 (")
+    assert f"job 2 (data.root=good optimizer.lr=-1) failed: {config_error}; job 3 (" in lines[-1]
+    summary = (sweep / "summary.md").read_text()
+    assert "1 of 6 jobs finished, 5 failed." in summary
+    assert f"| 2 | `data.root=good optimizer.lr=-1` | failed: {config_error} |" in summary
+    assert not (jobs[0] / "failed.txt").exists() and (jobs[0] / "metrics.json").is_file()
+    kept = (jobs[0] / "metrics.json").stat().st_mtime_ns
+
+    (tmp_path / "later").symlink_to(data_root)
+    shuffled = [given[0], *reversed(given[1:]), "trainer.resume=auto"]
+    again = run_in_process("scripts/train.py", *shuffled, cwd=tmp_path)
+    assert again.returncode == 2
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names  # the same jobs
+    assert (jobs[0] / "metrics.json").stat().st_mtime_ns == kept
+    assert "3 of 6 jobs failed: job 1 " in again.stderr and "job 3" not in again.stderr
+    assert not (jobs[3] / "failed.txt").exists() and (jobs[3] / "metrics.json").is_file()
+    assert (
+        "| 3 | `data.root=later optimizer.lr=0.05` | finished |"
+        in (sweep / "summary.md").read_text()
+    )
+    for number in (1, 2, 4, 5):
+        assert (jobs[number] / "failed.txt").is_file(), number
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing lost: a failed command, a directory that holds a run, a directory that cannot be written
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_failed_command_leaves_a_users_directory_as_it_was(tmp_path):
+    """`hydra.run.dir=` a directory of the user's: a command that fails there removes what it
+    created and puts back what it rewrote (its .hydra/ config copy, its log), nothing else."""
+    mine = tmp_path / "mylogs"
+    (mine / "old.log").mkdir(parents=True)  # a folder whose name ends in .log, as a log's
+    (mine / "old.log" / "notes.txt").write_text("kept\n")
+    (mine / "server.log").write_text("precious\n")
+    (mine / ".hydra").mkdir()
+    (mine / ".hydra" / "config.yaml").write_text("ckpt_path: an earlier one\n")
+    (mine / "evaluate.log").write_text("an earlier evaluation\n")
+    before = contents(mine)
+    result = run_in_process(
+        "scripts/evaluate.py", "ckpt_path=nowhere.pt", f"hydra.run.dir={mine}", cwd=tmp_path
+    )
+    assert result.returncode == 2 and "no checkpoint at nowhere.pt" in result.stderr
+    assert contents(mine) == before
+
+    result = run_in_process(
+        "scripts/evaluate.py", "ckpt_path=nowhere.pt", "hydra.run.dir=new/deeper/out", cwd=tmp_path
+    )
+    assert result.returncode == 2 and not (tmp_path / "new").exists()  # all it made, removed
+
+
+def test_a_failed_commands_new_directory_goes_with_the_parents_it_made(tmp_path):
+    forget_all()
+    first = new_directory(tmp_path / "outputs" / "runs" / "2026-01-01_00-00-00")
+    second = new_directory(tmp_path / "outputs" / "runs" / "2026-01-01_00-00-00")
+    (second / ".hydra").mkdir()
+    (second / "train.log").write_text("started\n")
+    put_back(second)  # another command's directory beside it: the parents stay
+    assert not second.exists() and first.is_dir()
+    put_back(first)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_run_never_replaces_a_run(trained_run, tmp_path):
+    """A new run given the directory of a finished or an unfinished run, or a resume given a
+    finished one, is refused in one line, and the run stays as it was."""
+    finished = copy_run(trained_run, tmp_path / "finished")
+    unfinished = copy_run(trained_run, tmp_path / "unfinished", finished=False)
+    cases = [
+        (finished, [], "holds a finished run (metrics.json exists): give another hydra.run.dir"),
+        (finished, ["trainer.resume=auto"], "has finished (metrics.json exists): nothing to"),
+        (unfinished, [], "holds an unfinished run: continue it with trainer.resume=auto (same"),
+    ]
+    for run_dir, extra, message in cases:
+        before = contents(run_dir)
+        result = run_in_process(
+            "scripts/train.py", SMOKE, *extra, f"hydra.run.dir={run_dir}", cwd=tmp_path
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: {run_dir} {message}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        assert contents(run_dir) == before
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only tmpfs (root only), holding an empty folder."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    (mount / "folder").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("where", ["folder", "folder/new"])
+def test_a_read_only_output_directory_is_one_line(read_only, tmp_path, where):
+    target = read_only / where
+    for script, *given in (("scripts/train.py",), ("scripts/evaluate.py", "ckpt_path=any.pt")):
+        result = run_in_process(script, *given, f"hydra.run.dir={target}")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"error: cannot create or write the output directory {target} (Read-only file "
+            "system): give one you can write, hydra.run.dir=DIR\n"
+        )
+    assert sorted(p.name for p in read_only.rglob("*")) == ["folder"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="as root, chmod does not stop writes")
+def test_a_directory_without_write_permission_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run_in_process("scripts/evaluate.py", "ckpt_path=any.pt", f"hydra.run.dir={locked}")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: cannot create or write the output directory {locked} (Permission denied): "
+        "give one you can write, hydra.run.dir=DIR\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What a resume compares
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_resume_may_change_what_does_not_change_the_result():
+    saved = OmegaConf.to_container(compose_train([SMOKE]), resolve=True)
+    shown = compose_train(
+        [SMOKE, "trainer.progress=true", "data.num_workers=0", "trainer.checkpoint_every_steps=7"]
+    )
+    assert config_differences(saved, OmegaConf.to_container(shown, resolve=True)) == []
+    # With data.loader=torch, the workers' seeds shape the augmented images: it differs then.
+    torch_loader = OmegaConf.to_container(compose_train([SMOKE, "data.loader=torch"]))
+    with_workers = compose_train([SMOKE, "data.loader=torch", "data.num_workers=0"])
+    assert config_differences(torch_loader, OmegaConf.to_container(with_workers)) == [
+        "data.num_workers=2 there, 0 now"
+    ]
+
+
+def test_a_refused_resume_names_every_setting_that_differs():
+    saved = OmegaConf.to_container(compose_train([SMOKE]), resolve=True)
+    other = compose_train([SMOKE, "model=linear", "optimizer.lr=0.2", "seed=3"])
+    assert config_differences(saved, OmegaConf.to_container(other, resolve=True)) == [
+        "model=small_cnn there, linear now",
+        "optimizer.lr=0.05 there, 0.2 now",
+        "seed=0 there, 3 now",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

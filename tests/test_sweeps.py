@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from fmnist import sweeps
@@ -15,9 +17,10 @@ from fmnist.errors import UserError
 OVERRIDES = ["experiment=smoke", "loss=scratch,torch", "seed=0,1,2"]
 
 
-def fake_sweep(root: Path, results: dict[int, float | None]) -> Path:
+def fake_sweep(root: Path, results: dict[int, float | None], val: bool = True) -> Path:
     """A sweep directory as Hydra and fmnist leave it: multirun.yaml, and for each job number in
-    `results` a job directory, finished (test accuracy given) or not (None)."""
+    `results` a job directory, finished (test accuracy given) or not (None); `val=False`: runs
+    without a validation split (data.val_size=0), whose metrics have no val_* keys."""
     sweep = root / "2026-01-01_00-00-00"
     sweep.mkdir(parents=True)
     OmegaConf.save({"hydra": {"overrides": {"task": OVERRIDES}}}, sweep / "multirun.yaml")
@@ -34,6 +37,8 @@ def fake_sweep(root: Path, results: dict[int, float | None]) -> Path:
                 "train_seconds": 10.0 + number,
                 "train_images_per_second": 1000.0,
             }
+            if not val:
+                metrics = {k: v for k, v in metrics.items() if not k.startswith("val_")}
             (job / "metrics.json").write_text(json.dumps(metrics))
     return sweep
 
@@ -68,6 +73,65 @@ def test_summary_rows_groups_and_missing_jobs(tmp_path):
     )
     assert rows[1].startswith("0,loss=scratch seed=0,finished,0.91,") and len(rows) == 7
     assert rows[6] == "5,loss=torch seed=2,missing,,,,,,,"
+
+
+def test_seeds_without_a_validation_split(tmp_path):
+    """A seed sweep with data.val_size=0 (experiment=fast): the over-seeds table leaves the
+    validation columns blank (it raised KeyError)."""
+    sweep = fake_sweep(tmp_path, {0: 0.90, 1: 0.92}, val=False)
+    sweeps.write_summary(sweep)
+    summary = (sweep / "summary.md").read_text()
+    test_acc = f"{statistics.mean([0.90, 0.92]):.4f} ± {statistics.stdev([0.90, 0.92]):.4f}"
+    assert f"| `loss=scratch` | 2 |  |  | {test_acc} |" in summary
+
+
+def test_a_failed_job_in_the_summary(tmp_path):
+    sweep = fake_sweep(tmp_path, {0: 0.90, 1: None, 2: 0.93})
+    (sweep / "1_job" / "failed.txt").write_text("optimizer.lr=-1.0 is invalid: a | b\n")
+    sweeps.write_summary(sweep)
+    summary = (sweep / "summary.md").read_text()
+    assert "2 of 6 jobs finished, 1 failed." in summary
+    assert (
+        "| 1 | `loss=scratch seed=1` | failed: optimizer.lr=-1.0 is invalid: a \\| b |" in summary
+    )
+    assert "Not finished: job 3 (missing), job 4 (missing), job 5 (missing)." in summary
+    assert "| `loss=scratch` | 2 |" in summary  # the finished seeds only
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert rows[2] == "1,loss=scratch seed=1,failed: optimizer.lr=-1.0 is invalid: a | b,,,,,,,"
+
+
+def test_what_varies_names_the_jobs():
+    assert sweeps.varied([*OVERRIDES, "trainer.resume=auto"]) == ["loss", "seed"]
+    assert sweeps.varied(["seed=0", "loss=scratch,torch", "+model.dropout=0.1"]) == ["loss"]
+    assert sweeps.varied(["data.subset=256,512", "trainer.progress=false"]) == ["data.subset"]
+
+
+@pytest.mark.parametrize(
+    ("dirname", "name"),
+    [
+        ("loss-scratch", "3_loss-scratch"),
+        ("loss-scratch_seed-0", "3_loss-scratch_seed-0"),
+        ("model.widths-[8,16]", "3_model.widths-8+16"),
+        ("data.root-/my data/x_optimizer.lr-1e+30", "3_data.root-+my+data+x_optimizer.lr-1e+30"),
+        ("loss.weight-'[1, 2]'", "3_loss.weight-1+2"),
+        ("", "3"),
+    ],
+)
+def test_job_directory_names_need_no_quotes(tmp_path, dirname, name):
+    """What Hydra's override_dirname gives (`-` between a key and its value, `_` between
+    settings) made safe: the job's path reads as it is in an override, and in a shell."""
+    assert sweeps.job_dir_name(str(tmp_path), 3, dirname) == name
+    parsed = OverridesParser.create().parse_overrides([f"ckpt_path={tmp_path}/{name}"])
+    assert parsed[0].value() == f"{tmp_path}/{name}"
+    assert shlex.quote(name) == name
+
+
+def test_a_resumed_sweep_keeps_its_jobs_directories(tmp_path):
+    """Whatever they were named by (an older fmnist, other overrides): found by number."""
+    sweep = fake_sweep(tmp_path, {0: 0.9})
+    assert sweeps.job_dir_name(str(sweep), 0, "loss-scratch_seed-0") == "0_job"
+    (sweep / "12" / ".hydra").mkdir(parents=True)
+    assert sweeps.job_dir(sweep, 12) == sweep / "12" and sweeps.job_dir(sweep, 1) is None
 
 
 def test_the_command_rerenders_a_summary(tmp_path, capsys):

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -101,12 +102,23 @@ class TensorBoard:
             if parameter.grad is not None:
                 self.writer.add_histogram(f"gradients/{name}", parameter.grad, step)
 
-    def hyperparameters_start(self, params: dict[str, Any], metric_tags: list[str]) -> None:
+    def hyperparameters_start(
+        self, params: dict[str, Any], metric_tags: list[str], varied: list[str]
+    ) -> None:
         """The run's row in the HPARAMS tab: its settings, and which logged scalar tags are its
-        metrics (the plugin shows each tag's last value). Written once, when a run starts."""
+        metrics (the plugin shows each tag's last value). Written once, when a run starts.
+
+        `varied`: the settings its sweep varies. They are marked as differing between runs,
+        which the tab shows as its first columns, ticked (it ticks the first five).
+        """
         if self.writer is None:
             return
         experiment, start, _ = hparams(params, dict.fromkeys(metric_tags, 0.0))
+        content = experiment.value[0].metadata.plugin_data
+        data = HParamsPluginData.FromString(content.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in varied
+        content.content = data.SerializeToString()
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, start):
             file_writer.add_summary(summary)

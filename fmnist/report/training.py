@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fmnist import data
-from fmnist.config import OPTIONS
+from fmnist.config import option_name
 from fmnist.engine import Metrics, Position, Step, Training, embed
 from fmnist.losses import softmax
 from fmnist.report.board import TensorBoard
@@ -51,18 +51,13 @@ def progress(iterable: Iterable[object], enabled: bool, **kwargs: Any) -> tqdm:
     )
 
 
-def _option(group: str, settings: dict[str, Any]) -> str:
-    """The name of the group option a config section came from (`sgd`, `small_cnn`, ...)."""
-    names = [name for name, node in OPTIONS[group].items() if node._target_ == settings["_target_"]]
-    return names[0] if names else settings["_target_"]
-
-
-def hparams(config: dict[str, Any]) -> dict[str, Any]:
+def hparams(config: dict[str, Any], varied: Sequence[str] = ()) -> dict[str, Any]:
     """The settings that tell runs apart, for the HPARAMS tab: not paths, `_target_` strings or
-    display switches. Values are numbers, strings or booleans (lists and None as text)."""
+    display switches; first those in `varied` (what a sweep varies). Values are numbers,
+    strings or booleans (lists and None as text)."""
     params: dict[str, Any] = {"seed": config["seed"]}
     for group in ("loss", "model", "optimizer", "scheduler"):
-        params[group] = _option(group, config[group])
+        params[group] = option_name(group, config[group])
         for key, value in config[group].items():
             if not key.startswith("_"):
                 params[f"{group}.{key}"] = value
@@ -71,9 +66,10 @@ def hparams(config: dict[str, Any]) -> dict[str, Any]:
         params[f"data.{key}"] = data_cfg[key]
     for key in ("max_epochs", "precision", "tta"):
         params[f"trainer.{key}"] = trainer[key]
+    first = [key for key in varied if key in params]
     return {
         key: value if isinstance(value, int | float | str | bool) else str(value)
-        for key, value in params.items()
+        for key, value in sorted(params.items(), key=lambda item: item[0] not in first)
     }
 
 
@@ -128,7 +124,10 @@ class TrainingReport:
         config: dict[str, Any],
         resumed_from: Path | None,
         position: Position,
+        varied: list[str],
     ) -> None:
+        """What a run shows once, at its start. `varied`: the settings its sweep varies, which
+        the HPARAMS tab shows first."""
         model, compute, splits = training.model, training.compute, training.data
         if resumed_from:
             at = (position.step, position.epoch + 1)
@@ -148,7 +147,10 @@ class TrainingReport:
             return
         yaml = OmegaConf.to_yaml(config)
         self.board.text("config", "\n".join("    " + line for line in yaml.splitlines()))
-        self.board.hyperparameters_start(hparams(config), metric_tags(config))
+        params = hparams(config, varied)
+        self.board.hyperparameters_start(
+            params, metric_tags(config), [k for k in varied if k in params]
+        )
         images, _ = next(splits.train.epoch(0))  # augmented, as the model sees them
         self.board.image("train/batch", grid(pixels(images[:64])))
         self.board.graph(model, compute.images(images[:1]))

@@ -1,0 +1,46 @@
+"""What every script does with its command line before its work (fmnist/cli.py, configs/*.yaml):
+its own `--help`, and Hydra's errors as one line (the cases: tests/test_bad_input.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import run_in_process
+
+from fmnist.config import OPTIONS
+
+SCRIPTS = {  # a script, and settings of its own that its --help must list
+    "evaluate": ("ckpt_path: ???", "split: test", "tensorboard: false"),
+    "export": ("ckpt_path: ???", "format: onnx"),
+    "predict": ("images: ???", "prepare:", "invert: auto"),
+    "snapshot": ("target_class: null", "probs: null", f"model: {', '.join(OPTIONS['model'])}"),
+    "explain": ("logits: null", "probs: null", "Give EITHER logits with targets"),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_only_the_scripts_own_settings(script, tmp_path):
+    """Not the training groups (data, loss, optimizer, ...) that Hydra's help lists for every
+    command, because fmnist.config registers them in Hydra's ConfigStore."""
+    result = run_in_process(f"scripts/{script}.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(("Evaluate", "Export", "Predict", "One image", "Explain"))
+    for setting in SCRIPTS[script]:
+        assert setting in result.stdout, setting
+    for group in ("optimizer", "scheduler", "loss:", "experiment", "trainer"):
+        assert group not in result.stdout, group
+    assert list(tmp_path.iterdir()) == []  # a help writes nothing
+
+
+def test_trainings_help_lists_its_groups(tmp_path):
+    result = run_in_process("scripts/train.py", "--help", cwd=tmp_path)
+    assert "optimizer: adamw, sgd" in result.stdout and "experiment: " in result.stdout
+
+
+def test_hydras_full_errors_are_left_as_they_were(tmp_path):
+    """fmnist.cli asks Hydra to raise its errors while a script runs, and only then."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    result = run_in_process("scripts/train.py", "optimizer.lrr=0.1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: optimizer.lrr ")
+    assert os.environ.get("HYDRA_FULL_ERROR") == before
