@@ -25,7 +25,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fmnist import data
+from fmnist import data, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -81,7 +81,18 @@ def run_in_process(script: str, *args: str, cwd: Path | None = None):
     finally:
         sys.argv = argv
         os.chdir(before)
+        _exit_as_a_process_would()
     return subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+
+
+def _exit_as_a_process_would() -> None:
+    """What the end of a process does for `fmnist.runs`: its locks released (their files closed),
+    its record of the directories it chose forgotten. Without it the next in-process command
+    would find its own earlier run "in use by another process"."""
+    for fd in runs._held:
+        os.close(fd)
+    runs._held.clear()
+    runs._before.clear()
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
