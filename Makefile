@@ -7,13 +7,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 NPROC ?= 2
 
-.PHONY: setup data train train-ddp test test-fast lint format tensorboard bench clean
+.PHONY: setup data train train-ddp test test-fast lint format tensorboard bench app clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+	$(PY) -m pip install --quiet -e ".[dev,export,app]"
 	touch $@
 
 # Prepared data, a directory with the .gz files, or torchvision's download; apt-get only when none works.
@@ -53,6 +53,10 @@ bench: data
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir outputs
+
+# The lesson as a web page on http://127.0.0.1:7860: make app ARGS="ckpt_path=outputs/runs/<time>"
+app: setup
+	$(PY) scripts/app.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
