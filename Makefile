@@ -28,9 +28,10 @@ data: setup
 train: data
 	$(PY) scripts/train.py $(ARGS)
 
-# Everything (what CI runs); test-fast skips the tests marked slow: feedback in well under a minute.
+# Everything (what CI runs), the notebooks run from a fresh kernel included (--nbmake); test-fast
+# skips them and the tests marked slow: feedback in well under a minute.
 test: data
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --nbmake $(ARGS)
 
 test-fast: data
 	$(PY) -m pytest -m "not slow" $(ARGS)
