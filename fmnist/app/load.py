@@ -12,6 +12,7 @@ downloaded). Figures: p50, p95 and the largest latency, and calls per second ove
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -116,6 +117,8 @@ def load(url: str, pictures: list[Path], clients: int) -> dict[str, Any]:
     takes pictures k, k + clients, ...); the latencies, and the calls that failed."""
     from gradio_client import Client, handle_file
 
+    # httpx logs every request at INFO, and Hydra's logging prints INFO: thousands of lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
