@@ -7,13 +7,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 NPROC ?= 2
 
-.PHONY: setup data train train-ddp test test-fast test-random lint format tensorboard bench clean
+.PHONY: setup data train train-ddp test test-fast test-random lint format tensorboard bench app clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,export]"
+	$(PY) -m pip install --quiet -e ".[dev,export,app]"
 	touch $@
 
 # Prepared data, a directory with the .gz files, or torchvision's download; apt-get only when none works.
@@ -28,10 +28,11 @@ data: setup
 train: data
 	$(PY) scripts/train.py $(ARGS)
 
-# Everything (what CI runs), with branch coverage of fmnist/ (its floor: pyproject.toml);
-# test-fast skips the tests marked slow: feedback in under a minute.
+# Everything (what CI runs): the notebooks run from a fresh kernel included (--nbmake), with
+# branch coverage of fmnist/ (its floor: pyproject.toml). test-fast skips the notebooks and the
+# tests marked slow: feedback in under a minute.
 test: data
-	$(PY) -m pytest --cov $(ARGS)
+	$(PY) -m pytest --nbmake --cov $(ARGS)
 
 test-fast: data
 	$(PY) -m pytest -m "not slow" $(ARGS)
@@ -39,7 +40,7 @@ test-fast: data
 # The whole suite in three random orders (pytest-randomly): no test may depend on another's
 # leftovers. Each run prints its seed; ARGS="-p randomly --randomly-seed=N" replays one.
 test-random: data
-	for run in 1 2 3; do $(PY) -m pytest -p randomly $(ARGS) || exit 1; done
+	for run in 1 2 3; do $(PY) -m pytest --nbmake -p randomly $(ARGS) || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -59,6 +60,10 @@ bench: data
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir outputs
+
+# The lesson as a web page on http://127.0.0.1:7860: make app ARGS="ckpt_path=outputs/runs/<time>"
+app: setup
+	$(PY) scripts/app.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .coverage build *.egg-info

@@ -83,13 +83,13 @@ def explain_logits(logits: Matrix, targets: list[int]) -> str:
         exps = [math.exp(v) for v in shifted]
         lines += [
             f"Sample {i + 1}: logits x = {_list(logits[i], 'g')}, "
-            f"target class {_label(targets[i], c)}",
+            f"target class {class_label(targets[i], c)}",
             f"  1. subtract the max ({m:g}) so that exp cannot overflow: "
             f"x - max = {_list(shifted, 'g')}",
             f"  2. exponentiate: exp(x - max) = {_list(exps)}, sum = {sum(exps):.{DECIMALS}f}",
             "  3. divide by the sum: softmax q = exp(x - max) / sum",
             *_distribution_lines(q[i].tolist(), targets[i], step="4. "),
-            f"  5. loss = -sum_c p_c * log(q_c) = {_expansion(q[i].tolist(), targets[i])}",
+            f"  5. loss = -sum_c p_c * log(q_c) = {worked_expansion(q[i].tolist(), targets[i])}",
             "",
         ]
     ours = cross_entropy(x, t)
@@ -119,9 +119,9 @@ def explain_probs(probs: Matrix, targets: list[int]) -> str:
     lines = [f"Cross-entropy from probabilities: {_count(n, 'sample')}, {c} classes.", ""]
     for i in range(n):
         lines += [
-            f"Sample {i + 1}: target class {_label(targets[i], c)}",
+            f"Sample {i + 1}: target class {class_label(targets[i], c)}",
             *_distribution_lines(probs[i], targets[i], step=""),
-            f"  loss = -sum_c p_c * log(q_c) = {_expansion(probs[i], targets[i], losses[i])}",
+            f"  loss = -sum_c p_c * log(q_c) = {worked_expansion(probs[i], targets[i], losses[i])}",
             f"       = -log(q[target]) = -log({probs[i][targets[i]]:.{DECIMALS}f}) "
             f"= {losses[i].item():.{DECIMALS}f}",
             "",
@@ -167,7 +167,7 @@ def expansion(q: list[float], target: int) -> str:
     )
 
 
-def _expansion(q: list[float], target: int, value: torch.Tensor | None = None) -> str:
+def worked_expansion(q: list[float], target: int, value: torch.Tensor | None = None) -> str:
     """The expansion and its value: ... = 1.7413. Without `value`, the value is worked out from
     the rounded q as written (what the reader gets by hand)."""
     shown = [round(v, DECIMALS) for v in q]
@@ -179,7 +179,7 @@ def _expansion(q: list[float], target: int, value: torch.Tensor | None = None) -
     return f"{expansion(q, target)} = {result:.{DECIMALS}f}"
 
 
-def _label(target: int, num_classes: int) -> str:
+def class_label(target: int, num_classes: int) -> str:
     """`4 (Coat)` with Fashion-MNIST's 10 classes, else just `4`."""
     return f"{target} ({CLASSES[target]})" if num_classes == len(CLASSES) else str(target)
 

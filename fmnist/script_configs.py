@@ -1,4 +1,4 @@
-"""The configurations of the commands that use a model (evaluate, snapshot, predict, export),
+"""The configurations of the commands that use a model (evaluate, snapshot, predict, export, app),
 with their defaults and rules, written once; configs/<command>.yaml adds only Hydra's settings and
 usage notes.
 
@@ -240,8 +240,79 @@ def validate_export(cfg: DictConfig) -> ExportConfig:
     return cast(ExportConfig, validate(cfg))
 
 
+# --------------------------------------------------------------------------------------------
+# scripts/app.py
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0 serves every network it is on
+    port: int = 7860
+
+    def __post_init__(self) -> None:
+        require(1 <= self.port <= 65535, "server.port", self.port, "must be in 1..65535")
+        require(bool(self.host.strip()), "server.host", repr(self.host), "give a host name or IP")
+
+
+# A half-trained model's q for a test Coat (class 4): the seed's second worked example.
+HALF_TRAINED_COAT = (0.1058, 0.1043, 0.0988, 0.1066, 0.0875, 0.0881, 0.1027, 0.1046, 0.1057, 0.0958)
+
+
+@dataclass
+class LessonConfig:
+    """The lesson tab's second example, prefilled (the first is explain.yaml's `example`): a
+    half-trained model's q for a Coat, whose loss is -log(0.0875) = 2.4361."""
+
+    probs: list[float] = field(default_factory=lambda: list(HALF_TRAINED_COAT))
+    target: int = 4
+
+    def __post_init__(self) -> None:
+        require(
+            len(self.probs) == len(CLASSES),
+            "lesson.probs",
+            self.probs,
+            f"give {len(CLASSES)} probabilities, one per Fashion-MNIST class",
+        )
+        _check_class("lesson.target", self.target)
+
+
+@dataclass
+class AppConfig:
+    ckpt_path: str | None = None  # a run directory, .pt or .onnx; null: the newest finished run
+    # under outputs/runs/ (none: the lesson tab alone works, the others say how to train one)
+    device: str = "auto"  # auto | cpu | cuda, for the checkpoint's model
+    server: ServerConfig = field(default_factory=ServerConfig)
+    lesson: LessonConfig = field(default_factory=LessonConfig)
+    data: DataRootConfig = field(default_factory=DataRootConfig)  # for the test images
+
+    def __post_init__(self) -> None:
+        choose("device", self.device, DEVICES)
+
+
+@dataclass
+class AppBenchmarkConfig:
+    """`scripts/benchmark_app.py`: the page's /predict under load (fmnist.app.load)."""
+
+    ckpt_path: str | None = None  # the model the page serves, as app.py's ckpt_path
+    calls: int = 200  # /predict calls, one test image each
+    clients: int = 8  # gradio_client clients sending them at once
+    data: DataRootConfig = field(default_factory=DataRootConfig)  # for the test images
+
+    def __post_init__(self) -> None:
+        at_least("calls", self.calls, 1)
+        at_least("clients", self.clients, 1)
+
+
+def validate_app(cfg: DictConfig) -> AppConfig:
+    """Check every range and choice; the first problem is raised as a one-line `UserError`."""
+    return cast(AppConfig, OmegaConf.to_object(cfg))
+
+
 store = ConfigStore.instance()
 store.store(name="evaluate_schema", node=EvaluateConfig)
 store.store(name="snapshot_schema", node=SnapshotConfig)
 store.store(name="predict_schema", node=PredictConfig)
 store.store(name="export_schema", node=ExportConfig)
+store.store(name="app_schema", node=AppConfig)
+store.store(name="benchmark_app_schema", node=AppBenchmarkConfig)

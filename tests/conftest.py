@@ -1,8 +1,9 @@
 """Shared fixtures: the real dataset (skipped only when absent and FMNIST_REQUIRE_DATA is unset),
-one tiny trained run per session (`experiment=smoke`) and its exports (ONNX, TorchScript), and
-two ways to run a script: as a real
-subprocess (`run_script`: exit codes, signals, start-up) or in this process (`run_in_process`:
-the same Hydra entry point and error handling, without the seconds of start-up)."""
+one tiny trained run per session (`experiment=smoke`) and its exports (ONNX, TorchScript), the
+app's server on that run (`app_server`), headless Chromium for the browser tests, and two ways to
+run a script: as a real subprocess (`run_script`: exit codes, signals, start-up) or in this
+process (`run_in_process`: the same Hydra entry point and error handling, without the seconds of
+start-up)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import os
 import runpy
 import shlex
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist import data, runs
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # the `chromium` fixture skips (or fails) before anything needs it
+    sync_playwright = None
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -302,3 +311,130 @@ def hparams_sessions(run_dir: Path) -> list[dict]:
 
 def _value(value) -> object:
     return getattr(value, value.WhichOneof("kind"))
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    """`scripts/app.py` serving `run`, a real process; the runs it lists are under cwd/outputs."""
+
+    url: str
+    run: Path
+    no_validation: Path  # a run trained with data.val_size=0, listed by the page
+    cwd: Path
+
+
+@pytest.fixture(scope="session")
+def app_server(trained_run, tmp_path_factory) -> Iterator[AppServer]:
+    """The page on a free port of 127.0.0.1, serving the session's trained run; beside it, under
+    outputs/runs/, a run trained without a validation split. Stopped at the end."""
+    cwd = tmp_path_factory.mktemp("app")
+    no_validation = cwd / "outputs" / "runs" / "no-validation"
+    result = run_script(
+        "scripts/train.py",
+        SMOKE,
+        "data.subset=128",
+        "data.val_size=0",
+        "trainer.max_epochs=1",
+        "trainer.tta=none",
+        f"hydra.run.dir={no_validation}",
+    )
+    assert result.returncode == 0, result.stderr
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(ROOT / "scripts" / "app.py"), f"ckpt_path={trained_run}"]
+    command.append(f"server.port={port}")
+    log_path = cwd / "app.log"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(cwd / "gradio")}
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until_serving(url, server, log_path)
+            yield AppServer(url, trained_run, no_validation, cwd)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Until `url` answers (the app imports torch and Gradio first: tens of seconds on a busy
+    machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the app exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the app did not answer in {timeout:.0f} s:\n{log.read_text()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Headless Chromium, for the browser tests
+# --------------------------------------------------------------------------------------------
+
+TIMEOUT_MS = 30_000  # for anything a page has to fetch and draw
+# As root, Chromium needs --no-sandbox; the others keep it off the (closed) network.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, with Playwright to drive it: else a skip, or a failure when
+    FMNIST_REQUIRE_BROWSER is set. A browser test module uses it first (`usefixtures`), so a
+    module without a browser skips before its fixtures train or serve anything."""
+    path = shutil.which("chromium")
+    problem = None
+    if sync_playwright is None:
+        problem = "Playwright is not installed (pip install -e '.[dev]')"
+    elif path is None:
+        problem = "Chromium is not installed (apt-get install chromium)"
+    if problem and os.environ.get("FMNIST_REQUIRE_BROWSER"):
+        pytest.fail(f"FMNIST_REQUIRE_BROWSER is set but {problem}")
+    if problem:
+        pytest.skip(problem)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: str) -> Iterator[Browser]:
+    """Headless Chromium, the system's own, for the whole session."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page (its own context: no state carried over from another test)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    yield page
+    context.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -20,8 +22,9 @@ pytestmark = pytest.mark.slow  # the cases need a trained run; a real process fo
 
 
 @pytest.fixture(scope="module")
-def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
-    """Bad data roots and bad checkpoints, made once for the module."""
+def files(data_root, trained_run, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Bad data roots, bad checkpoints and pictures, and a port in use, made once for the
+    module."""
     base = tmp_path_factory.mktemp("bad")
     made = {"tmp": str(base), "marker": str(base / "MARKER")}
     for name, damage in (
@@ -86,7 +89,11 @@ def files(data_root, trained_run, tmp_path_factory) -> dict[str, str]:
     with warnings.catch_warnings():  # PyTorch deprecates TorchScript
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), made["torchscript"])
-    return made
+    with socket.socket() as busy:  # a port another server listens on, for the module's cases
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        made["busy_port"] = str(busy.getsockname()[1])
+        yield made
 
 
 RUNS = ("finished_run", "stopped_run", "stopped_early", "sweep")  # directories cases point at
@@ -115,6 +122,8 @@ BEFORE_ITS_FIRST_EPOCH = (
     "checkpoints/last.pt holds its weights as they were then: give "
     "ckpt_path={stopped_early}/checkpoints/last.pt"
 )
+APP = "scripts/app.py"
+BENCHMARK_APP = "scripts/benchmark_app.py"
 CASES = [
     # (script, arguments, what the message must say)
     (TRAIN, ["loss=foo"], "loss=foo is not an option of loss: choose one of scratch, torch"),
@@ -311,6 +320,20 @@ CASES = [
     ),
     (BENCHMARK, ['presets=["trainer.max_epochs=0"]'], "trainer.max_epochs=0 is invalid"),
     (BENCHMARK, ["hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
+    (APP, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
+    (APP, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
+    (APP, ["ckpt_path={pickle_ckpt}"], "was refused"),
+    (
+        APP,
+        ["server.port={busy_port}"],
+        "port {busy_port} is in use on 127.0.0.1 (another server, or this page already running?)",
+    ),
+    (APP, ["server.port=70000"], "server.port=70000 is invalid: must be in 1..65535"),
+    (APP, ["server.host=192.0.2.1"], "server.host=192.0.2.1 is not an address of this machine"),
+    (APP, ["device=tpu"], "choose one of auto, cpu, cuda"),
+    (APP, ["lesson.probs=[0.5,0.5]"], "give 10 probabilities, one per Fashion-MNIST class"),
+    (BENCHMARK_APP, ["clients=0"], "clients=0 is invalid: must be at least 1"),
+    (BENCHMARK_APP, ["ckpt_path={tmp}/nowhere.pt", "calls=1"], "no checkpoint at"),
 ]
 
 
@@ -329,6 +352,7 @@ REAL = {  # (script, *its arguments)
     (PREDICT, "ckpt_path={smoke_ckpt}", "images=[{truncated_picture}]"),
     (EXPORT, "ckpt_path={foreign_ckpt}"),
     (BENCHMARK, "presets=[fast,nosuch]"),
+    (APP, "server.port={busy_port}"),
 }
 IN_A_REAL_PROCESS = [case for case in CASES if (case[0], *case[1]) in REAL]
 assert len(IN_A_REAL_PROCESS) == len(REAL), "REAL names a case CASES does not have"

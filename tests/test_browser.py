@@ -9,16 +9,15 @@ and the ten per-class PR curves. Each test saves a screenshot of its tab under i
 directory.
 
 Without Chromium or Playwright the tests skip, unless FMNIST_REQUIRE_BROWSER=1 (`.ci/run` sets
-it), which makes them fail instead.
+it), which makes them fail instead (conftest's `chromium`, `browser` and `page` fixtures).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,44 +34,14 @@ from fmnist import data
 from fmnist.benchmark import compose_train
 from fmnist.report.training import EMBEDDED, METRICS, hparams
 
-try:
-    from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-except ImportError:  # the `chromium` fixture skips (or fails) before anything needs it
-    sync_playwright = None
+with contextlib.suppress(ImportError):  # conftest's `chromium` fixture skips (or fails) first
+    from playwright.sync_api import Locator, Page, expect
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("chromium")]
 
 LOSSES = ("scratch", "torch")
 RUNS = ("0_loss-scratch", "1_loss-torch")  # the sweep's jobs, named by what varies: the runs
 PR_TAGS = sorted(f"test/pr/{name.replace('/', '-')}" for name in data.CLASSES)
-TIMEOUT_MS = 30_000  # for anything the page has to fetch and draw
-# As root, Chromium needs --no-sandbox; the others keep it off the (closed) network.
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def chromium() -> str:
-    """Debian's Chromium, with Playwright to drive it: else a skip, or a failure when
-    FMNIST_REQUIRE_BROWSER is set."""
-    path = shutil.which("chromium")
-    problem = None
-    if sync_playwright is None:
-        problem = "Playwright is not installed (pip install -e '.[dev]')"
-    elif path is None:
-        problem = "Chromium is not installed (apt-get install chromium)"
-    if problem and os.environ.get("FMNIST_REQUIRE_BROWSER"):
-        pytest.fail(f"FMNIST_REQUIRE_BROWSER is set but {problem}")
-    if problem:
-        pytest.skip(problem)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -141,28 +110,6 @@ def wait_until_loaded(url: str, server: subprocess.Popen, log: Path, timeout: fl
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    """Headless Chromium, the system's own, for the whole module."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium, headless=True, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh page (its own context: no state carried over from another test)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    expect.set_options(timeout=TIMEOUT_MS)
-    yield page
-    context.close()
 
 
 def screenshot(page: Page, path: Path) -> None:

@@ -25,6 +25,7 @@ from conftest import (
 )
 
 from fmnist import data
+from fmnist.report.val_predictions import FILE
 from fmnist.run_state import Interrupted, StopSignals
 from fmnist.train import check_usable
 
@@ -75,6 +76,9 @@ def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     (session,) = hparams_sessions(run_dir)  # one HPARAMS row per run, not one per resume
     assert all(scalars(run_dir, tag) for tag in session["metrics"])
     assert [step for step, _ in scalars(run_dir)] == list(range(1, STEPS + 1))
+    # The fixed validation images' predictions: epoch 0 from the killed process, the rest as the
+    # uninterrupted run wrote them.
+    assert (run_dir / FILE).read_text() == (uninterrupted / FILE).read_text()
 
 
 @pytest.mark.slow

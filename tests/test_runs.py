@@ -203,7 +203,9 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(data_root, tmp_path):
     assert again.returncode == 2
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names  # the same jobs
     assert (jobs[0] / "metrics.json").stat().st_mtime_ns == kept
-    assert "4 of 6 jobs failed: job 1 " in again.stderr and "job 3 " not in again.stderr, again.stderr
+    assert "4 of 6 jobs failed: job 1 " in again.stderr and "job 3 " not in again.stderr, (
+        again.stderr
+    )
     assert not (jobs[3] / "failed.txt").exists() and (jobs[3] / "metrics.json").is_file()
     assert (
         "| 3 | `data.root=later optimizer.lr=0.05` | finished |"

@@ -23,6 +23,9 @@ from omegaconf import OmegaConf
 from fmnist import checkpoint, data
 from fmnist.benchmark import compose_train
 from fmnist.engine import Position, train_epoch
+from fmnist.predict import from_checkpoint
+from fmnist.report import val_predictions
+from fmnist.report.training import SHOWN_PREDICTIONS, TrainingReport
 from fmnist.schedules import OneCycle
 from fmnist.train import build, build_loss
 
@@ -42,6 +45,7 @@ def test_run_directory_layout(run):
         "metrics.json",
         "checkpoints/last.pt",
         "checkpoints/best.pt",
+        "val_predictions.json",
     ):
         assert (run / name).is_file(), name
     log = (run / "train.log").read_text()
@@ -163,6 +167,45 @@ def test_metrics_and_checkpoints_agree(run):
     assert last["step"] == 16 and last["epoch"] == 2 and "state" in last["optimizer"]
 
 
+def test_val_predictions_follow_the_fixed_images_from_the_untrained_model(run):
+    """val_predictions.json: q and loss of the 16 images drawn in val/predictions, at epoch 0
+    (untrained: about ln 10) and after each epoch, the last as the final weights predict them."""
+    record = val_predictions.load(run)
+    assert record is not None and record.classes == list(data.CLASSES)
+    assert record.pixels.shape == (SHOWN_PREDICTIONS, 28, 28) and len(record.labels) == 16
+    assert [(e.epoch, e.step) for e in record.epochs] == [(0, 0), (1, 8), (2, 16)]
+    untrained, *_, last = record.epochs
+    assert abs(untrained.mean_loss - math.log(10)) < 0.2
+    assert all(max(q) < 0.2 for q in untrained.q)  # close to 1/10 everywhere
+    # The last epoch's numbers are what the run's last weights give these very pixels.
+    final = from_checkpoint(str(run / "checkpoints" / "last.pt"), "cpu")
+    q = torch.softmax(final.logits(record.pixels).double(), dim=1)
+    torch.testing.assert_close(torch.tensor(last.q, dtype=torch.float64), q, rtol=0, atol=1e-5)
+    picked = q[torch.arange(16), torch.tensor(record.labels)]
+    torch.testing.assert_close(
+        torch.tensor(last.loss, dtype=torch.float64), -picked.log(), rtol=0, atol=1e-5
+    )
+    assert last.mean_loss < untrained.mean_loss
+
+
+def test_epoch_0s_forward_pass_draws_no_random_numbers(data_root, tmp_path):
+    """The untrained model's predictions are one forward pass in eval mode: the RNG state, the
+    weights and the BatchNorm statistics stay as they were, so training's results do too."""
+    cfg = compose_train([SMOKE, "trainer.device=cpu"])
+    training = build(cfg)
+    state = {k: v.clone() for k, v in training.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with TrainingReport(tmp_path, cfg.trainer, enabled=True) as report:
+        images, labels = next(training.data.val.epoch())
+        report.follow(training, images[:16], labels[:16].cpu(), Position())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert training.model.training  # back in training mode
+    for key, value in training.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    (epoch_0,) = val_predictions.load(tmp_path).epochs
+    assert epoch_0.epoch == 0 and len(epoch_0.q) == 16
+
+
 @pytest.mark.slow
 def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
     result = run_script(
@@ -256,6 +299,7 @@ def train_losses(tmp_path: Path, *overrides: str) -> dict[str, torch.Tensor]:
             f"hydra.run.dir={run_dir}",
         )
         assert result.returncode == 0, result.stderr
+        assert not (run_dir / val_predictions.FILE).exists()  # no validation images to follow
         curves[loss] = torch.tensor([value for _, value in scalars(run_dir)])
     return curves
 

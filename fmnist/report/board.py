@@ -1,4 +1,5 @@
-"""A run's TensorBoard events: one `SummaryWriter`, and what fmnist writes to it.
+"""A run's TensorBoard events: one `SummaryWriter`, what fmnist writes to it, and its scalars read
+back (`read_scalars`, for fmnist.app).
 
 All TensorBoard data of a run goes into its run directory: one events file (the hyper-parameters
 included: written through the same writer, not `add_hparams`, which would scatter an extra run
@@ -138,3 +139,14 @@ class TensorBoard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar tag, read back from every events file of the run directory
+    (a resumed run's events after its checkpoint are dropped, as TensorBoard shows them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    if tag not in accumulator.Tags()["scalars"]:
+        return []
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]

@@ -1,4 +1,5 @@
-"""The matplotlib figures fmnist draws: confusion matrices, image grids, probability bars.
+"""The matplotlib figures fmnist draws: confusion matrices, image grids, probability bars, the loss
+against q, a run's learning curve.
 
 matplotlib is imported on first use (Agg, no screen), so commands that draw nothing never pay
 for it. `save_figure` writes a PNG atomically and closes the figure.
@@ -7,6 +8,7 @@ for it. `save_figure` writes a PNG atomically and closes the figure.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +24,12 @@ if TYPE_CHECKING:  # matplotlib is imported on first use
 
 
 def use_agg() -> None:
-    """Select matplotlib's Agg backend: call it before each import of matplotlib.pyplot."""
+    """Select matplotlib's Agg backend: call it before each import of matplotlib.pyplot. A
+    notebook's inline backend (it too draws without a screen, into the page) is kept."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib_inline.backend_inline" not in sys.modules:
+        matplotlib.use("Agg")
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -189,17 +193,24 @@ def predictions_figure(
 
 
 def validation_predictions(
-    images: Tensor, labels: Tensor, q: Tensor, classes: list[str], step: int, columns: int = 8
+    images: Tensor,
+    labels: Tensor,
+    q: Tensor,
+    classes: list[str],
+    step: int,
+    columns: int = 8,
+    losses: list[float] | None = None,
 ) -> Figure:
     """Fixed validation images, each titled with the predicted class and its probability and
-    the true class; wrong predictions in red. Drawn at every validation pass, it shows the model
-    learning."""
+    the true class (and its loss, when given); wrong predictions in red. Drawn at every
+    validation pass, it shows the model learning."""
     rows = math.ceil(len(images) / columns)
     use_agg()
     import matplotlib.pyplot as plt
 
+    height = 1.9 if losses is None else 2.1
     fig, axes = plt.subplots(
-        rows, columns, figsize=(1.6 * columns, 1.9 * rows + 0.4), dpi=80, squeeze=False
+        rows, columns, figsize=(1.6 * columns, height * rows + 0.4), dpi=80, squeeze=False
     )
     confidence, predicted = q.max(1)
     for ax in axes.flat:
@@ -207,12 +218,86 @@ def validation_predictions(
     for k, ax in enumerate(axes.flat[: len(images)]):
         right = int(predicted[k]) == int(labels[k])
         ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        loss = "" if losses is None else f"\nloss {losses[k]:.2f}"
         ax.set_title(
-            f"{classes[int(predicted[k])]} {confidence[k]:.0%}\n(true: {classes[int(labels[k])]})",
+            f"{classes[int(predicted[k])]} {confidence[k]:.0%}\n(true: {classes[int(labels[k])]})"
+            f"{loss}",
             fontsize=7,
             color="green" if right else "red",
         )
     correct = int((predicted == labels).sum())
     fig.suptitle(f"step {step}: {correct} of {len(images)} right", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def loss_against_q(points: list[tuple[str, float]], num_classes: int) -> Figure:
+    """The loss of one sample, -log q[true class], against q[true class]: 0 for a sure right
+    answer, ln C for an unsure one (q = 1/C), without bound for a sure wrong one. `points`:
+    (name, q[true class]) of the samples to mark."""
+    import numpy as np
+
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    q = np.linspace(0.005, 1, 400)
+    ax.plot(q, -np.log(q), color="tab:blue")
+    uniform = 1 / num_classes
+    ax.axvline(uniform, color="gray", linestyle=":", linewidth=1)
+    ax.annotate(
+        f"q = 1/{num_classes} (unsure): ln {num_classes} = {math.log(num_classes):.4f}",
+        (uniform, 5.0),
+        xytext=(6, 0),
+        textcoords="offset points",
+        fontsize=8,
+        color="gray",
+    )
+    for name, qy in points:
+        loss = -math.log(qy) if qy > 0 else math.inf
+        shown = min(loss, -math.log(0.005))  # a q of 0 is drawn at the edge
+        ax.plot([qy], [shown], "o", color="tab:orange")
+        ax.annotate(
+            f"{name}: {loss:.4f}",
+            (qy, shown),
+            xytext=(6, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set(title="loss = -log q[true class]", xlabel="q[true class]", ylabel="loss", ylim=(0, 5.5))
+    ax.set_xlim(0, 1.02)
+    fig.tight_layout()
+    return fig
+
+
+def training_curve(
+    train_loss: list[tuple[int, float]],
+    followed: list[tuple[int, float]],
+    at_step: int | None,
+    num_classes: int,
+) -> Figure:
+    """A run's train/loss at every step beside the mean loss of the followed validation images
+    after each epoch (`followed`: (step, loss)), from ln C untrained; `at_step` marked."""
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    if train_loss:
+        steps, values = zip(*train_loss, strict=True)
+        ax.plot(steps, values, color="tab:blue", linewidth=1, label="train/loss (each step)")
+    steps, values = zip(*followed, strict=True)
+    ax.plot(steps, values, "o-", color="tab:orange", label="the 16 images' mean loss")
+    ax.axhline(
+        math.log(num_classes),
+        color="gray",
+        linestyle=":",
+        linewidth=1,
+        label=f"ln {num_classes} (untrained)",
+    )
+    if at_step is not None:
+        ax.axvline(at_step, color="tab:red", linewidth=1)
+    ax.set(title="train/loss, and the followed images' loss", xlabel="step", ylabel="loss")
+    ax.set_ylim(0, None)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig

@@ -6,8 +6,9 @@ end and at its end. What PyTorch's Fashion-MNIST TensorBoard tutorial shows is a
 only at those moments, never inside the step loop: the resolved config and the model's graph and
 a training batch once at the start; each validation pass's metrics, confusion matrix and
 predictions on a fixed set of validation images; and at the end the test metrics, one
-precision-recall curve per class and the embedding projector. Under torchrun only rank 0
-reports; the others stay silent.
+precision-recall curve per class and the embedding projector. The fixed validation images'
+predictions are also kept as numbers, from the untrained model on (`val_predictions.json`, see
+fmnist.report.val_predictions). Under torchrun only rank 0 reports; the others stay silent.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm import tqdm
@@ -25,8 +27,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fmnist import data
 from fmnist.config import option_name
-from fmnist.engine import Metrics, Position, Step, Training, embed
+from fmnist.engine import Metrics, Position, Step, Training, embed, predict
+from fmnist.errors import UserError
 from fmnist.losses import softmax
+from fmnist.report import val_predictions
 from fmnist.report.board import TensorBoard
 from fmnist.report.figures import validation_predictions
 
@@ -102,10 +106,13 @@ class TrainingReport:
     ) -> None:
         purge_step = None if resumed_at is None else resumed_at + 1
         self.board = TensorBoard(run_dir, purge_step, enabled)
+        self.run_dir = run_dir
         self.show_bars = settings.progress and enabled
         self.histograms_every = settings.histograms_every
+        self.tta = settings.tta
         self.resumed = resumed_at is not None
         self.shown: tuple[Tensor, Tensor] | None = None  # the fixed validation images
+        self.followed: val_predictions.ValPredictions | None = None  # their q, epoch by epoch
         if not enabled:
             log.setLevel(logging.WARNING)
 
@@ -142,7 +149,10 @@ class TrainingReport:
         )
         if splits.val is not None:
             images, labels = next(splits.val.epoch())
-            self.shown = (pixels(images[:SHOWN_PREDICTIONS]), labels[:SHOWN_PREDICTIONS].cpu())
+            images, labels = images[:SHOWN_PREDICTIONS], labels[:SHOWN_PREDICTIONS].cpu()
+            self.shown = (pixels(images), labels)
+            if self.board.enabled:
+                self.follow(training, images, labels, position)
         if self.resumed or not self.board.enabled:
             return
         yaml = OmegaConf.to_yaml(config)
@@ -154,6 +164,34 @@ class TrainingReport:
         images, _ = next(splits.train.epoch(0))  # augmented, as the model sees them
         self.board.image("train/batch", grid(pixels(images[:64])))
         self.board.graph(model, compute.images(images[:1]))
+
+    def follow(
+        self, training: Training, images: Tensor, labels: Tensor, position: Position
+    ) -> None:
+        """Start val_predictions.json with the untrained model's predictions of the fixed
+        validation images (epoch 0), or, when resuming, keep the epochs the checkpoint had
+        finished."""
+        if self.resumed:
+            try:
+                self.followed = val_predictions.load(self.run_dir)
+            except UserError as e:
+                log.warning("%s; its earlier epochs are lost", e)
+            if self.followed is not None:
+                self.followed.keep_until(position.epoch)
+                return
+        self.followed = val_predictions.from_pixels(pixels(images), labels, list(data.CLASSES))
+        if self.resumed:  # a run from before the file existed: its later epochs only
+            return
+        # One forward pass of the plain model in eval mode, as validation runs it: it draws no
+        # random numbers, so training goes on exactly as without it.
+        model = training.evaluated_module
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = predict(model, images, training.compute, self.tta)
+        model.train(was_training)
+        self.followed.add(0, position.step, logits)
+        self.followed.save(self.run_dir)
 
     def epochs(self, position: Position, total: int) -> Iterator[int]:
         """The epochs still to train, under an "epochs" bar."""
@@ -196,6 +234,9 @@ class TrainingReport:
                 q = softmax(val.logits[: len(labels)].double(), dim=1)
                 figure = validation_predictions(images, labels, q, list(data.CLASSES), step)
                 self.board.figure("val/predictions", figure, step)
+            if self.followed is not None:
+                self.followed.add(position.epoch, step, val.logits[: len(self.followed.labels)])
+                self.followed.save(self.run_dir)
         if self.histograms_every and position.epoch % self.histograms_every == 0:
             self.board.histograms(training.model, step)
         log.info(

@@ -1,0 +1,164 @@
+"""The "Cross-entropy by hand" tab: softmax and the loss worked out for a table of logits, or for
+given probabilities, as `scripts/explain.py` does it (fmnist.explain checks the input and writes
+the step-by-step text), with fmnist.losses' values beside PyTorch's.
+
+A table row is one sample: its target class first, then its logits (or probabilities).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmnist import explain
+from fmnist.data import CLASSES
+from fmnist.explain import DECIMALS, class_label, worked_expansion
+from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
+from fmnist.report import figures
+
+
+@dataclass
+class Worked:
+    """One batch worked out: q, each sample's loss, the mean (ours and PyTorch's) and the text."""
+
+    q: list[list[float]]  # softmax of the logits, or the given probabilities
+    targets: list[int]
+    losses: list[float]  # fmnist.losses, per sample
+    mean: float  # fmnist.losses, the batch's loss
+    torch_mean: float  # PyTorch's
+    ours_call: str  # what computed `mean`, in words
+    torch_call: str  # what computed `torch_mean`
+    steps: str  # fmnist.explain's step-by-step text, as scripts/explain.py prints it
+    by_hand: bool  # each sample's value from q rounded as shown (logits: as explain.py does)
+
+    @property
+    def agree(self) -> bool:
+        return abs(self.mean - self.torch_mean) <= explain.AGREE_TOLERANCE
+
+    def expansions(self) -> list[str]:
+        """-sum_c p_c * log(q_c) of each sample, term by term, and its value."""
+        return [
+            worked_expansion(q, t, None if self.by_hand else torch.tensor(loss))
+            for q, t, loss in zip(self.q, self.targets, self.losses, strict=True)
+        ]
+
+    def summary(self) -> str:
+        """The per-sample expansions, the mean and PyTorch's value, as Markdown."""
+        f = f".{DECIMALS}f"
+        lines = [
+            f"**Sample {i}** (target {class_label(t, len(q))}): loss = `{line}`  "
+            for i, (q, t, line) in enumerate(
+                zip(self.q, self.targets, self.expansions(), strict=True), start=1
+            )
+        ]
+        if self.by_hand:
+            lines.append(
+                "(Each sample's value uses q rounded to 4 decimals, as on paper; the "
+                "mean uses the exact q.)"
+            )
+        difference = abs(self.mean - self.torch_mean)
+        verdict = "they agree" if self.agree else "they DISAGREE"
+        lines += [
+            "",
+            f"**Mean loss, ours** (`{self.ours_call}`): **{self.mean:{f}}**  ",
+            f"**PyTorch** (`{self.torch_call}`): **{self.torch_mean:{f}}**, {verdict} "
+            f"(difference {difference:.1e}).",
+        ]
+        return "\n".join(lines)
+
+    def q_table(self) -> tuple[list[str], list[list[Any]]]:
+        """Headers and rows: each sample's target, q rounded as on paper, and its loss."""
+        classes = len(self.q[0])
+        names = CLASSES if classes == len(CLASSES) else [str(c) for c in range(classes)]
+        headers = ["sample", "target", *(f"q {name}" for name in names), "loss (exact q)"]
+        rows = [
+            [i, t, *(round(v, DECIMALS) for v in q), round(loss, DECIMALS)]
+            for i, (q, t, loss) in enumerate(
+                zip(self.q, self.targets, self.losses, strict=True), start=1
+            )
+        ]
+        return headers, rows
+
+    def figure(self) -> Any:
+        """-log q against q, each sample's q[target] marked (a matplotlib Figure)."""
+        pairs = zip(self.q, self.targets, strict=True)
+        points = [(f"sample {i}", q[t]) for i, (q, t) in enumerate(pairs, start=1)]
+        return figures.loss_against_q(points, len(self.q[0]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "q": self.q,
+            "targets": self.targets,
+            "losses": self.losses,
+            "mean": self.mean,
+            "torch": self.torch_mean,
+            "agree": self.agree,
+            "expansions": self.expansions(),
+        }
+
+
+def from_logits(rows: list[list[Any]]) -> Worked:
+    """Rows of [target, x_1, ..., x_C]; bad input is a `UserError` (fmnist.explain's message)."""
+    targets, logits = _split(rows)
+    steps = explain.explain({"logits": logits, "targets": targets})  # checks them
+    x = torch.tensor(logits, dtype=torch.float64)
+    t = torch.tensor(targets)
+    return Worked(
+        softmax(x, dim=1).tolist(),
+        targets,
+        cross_entropy(x, t, reduction="none").tolist(),
+        cross_entropy(x, t).item(),
+        nn.CrossEntropyLoss()(x, t).item(),
+        "fmnist.losses.cross_entropy(logits, targets)",
+        "torch.nn.CrossEntropyLoss()(logits, targets)",
+        steps,
+        by_hand=True,
+    )
+
+
+def from_probs(rows: list[list[Any]]) -> Worked:
+    """Rows of [target, q_1, ..., q_C] that are already distributions (a softmax's output)."""
+    targets, probs = _split(rows)
+    steps = explain.explain({"probs": probs, "target": targets})  # checks them
+    q = torch.tensor(probs, dtype=torch.float64)
+    t = torch.tensor(targets)
+    return Worked(
+        probs,
+        targets,
+        cross_entropy_from_probs(q, t, reduction="none").tolist(),
+        cross_entropy_from_probs(q, t).item(),
+        nn.NLLLoss()(q.log(), t).item(),
+        "fmnist.losses.cross_entropy_from_probs(q, target)",
+        "torch.nn.NLLLoss()(log(q), target)",
+        steps,
+        by_hand=False,
+    )
+
+
+def _split(rows: list[list[Any]]) -> tuple[list[Any], list[list[Any]]]:
+    """The targets (first column) and the values (the others), as numbers where they are."""
+    cells = [[_number(v) for v in row] for row in rows]
+    targets = [_whole(row[0]) if row else None for row in cells]
+    return targets, [row[1:] for row in cells]
+
+
+def _number(value: Any) -> Any:
+    """A cell as typed: a number, or text that reads as one; anything else is left for
+    fmnist.explain to name."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+def _whole(value: Any) -> Any:
+    """2.0 -> 2: a table's number cells give floats, a class index is whole."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
