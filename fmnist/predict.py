@@ -22,6 +22,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import ceil
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +31,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from fmnist import checkpoint, data, engine, export, runs
+from fmnist import checkpoint, data, engine, export, ood, runs
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import all_or_nothing, write_text_atomically
 from fmnist.losses import softmax
@@ -45,6 +46,9 @@ FORMATS = "PNG, JPEG, WebP, BMP or GIF"
 BATCH = 256  # pictures per forward pass
 TOP = 3
 THUMBNAIL = 96  # pixels: the longest edge of a picture's thumbnail in predictions.png
+DECODED_SIDE = 336  # pixels a JPEG keeps on its shorter side when decoded smaller: an object a
+# fifth of the frame then still spans over 60 pixels, twice the 28 it is fitted into
+SCALE = "fmnist_scale"  # read_picture's note in image.info: file pixels per decoded pixel
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,6 +64,9 @@ class Predictor:
     classes: list[str]
     description: str  # in words, for the report and the lesson
     details: dict[str, Any]  # for predictions.json
+    distances: Callable[[Tensor], Tensor] | None = None  # uint8 (N, 28, 28) -> (N,): fmnist.ood's
+    # score; None for a model without fitted statistics
+    ood_threshold: float | None = None  # a distance above it is flagged
 
 
 def from_checkpoint(path: str, device_name: str) -> Predictor:
@@ -69,10 +76,17 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
     tta = loaded.setting("trainer.tta", str)
     model = compute.place(loaded.model)
 
+    stats = ood.from_checkpoint(loaded.checkpoint)
+
     @torch.no_grad()
     def logits(pixels: Tensor) -> Tensor:
         x = data.normalise(pixels.to(compute.device), loaded.mean, loaded.std).unsqueeze(1)
         return engine.predict(model, x, compute, tta).cpu()
+
+    def distances(pixels: Tensor) -> Tensor:
+        assert stats is not None  # only offered with them
+        x = data.normalise(pixels, loaded.mean, loaded.std).unsqueeze(1)
+        return stats.distances(ood.features(model, x, compute))
 
     mode = "bf16 autocast" if loaded.precision == "bf16" else "float32"
     step = loaded.checkpoint.get("step")
@@ -90,6 +104,8 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
             "device": str(compute.device),
             "normalization": {"mean": loaded.mean, "std": loaded.std},
         },
+        distances if stats is not None else None,
+        stats.threshold if stats is not None else None,
     )
 
 
@@ -103,12 +119,18 @@ def from_onnx(path: str) -> Predictor:
         total = cast(Tensor, sum(model.logits(view) for view in views))  # not 0: views is not empty
         return total / len(views)
 
+    def distances(pixels: Tensor) -> Tensor:
+        return model.ood_distances(pixels.float().div(255).unsqueeze(1))
+
+    scored = model.ood_threshold is not None
     return Predictor(
         logits,
         model.classes,
         f"{model.meta.get('model', 'a model')} exported to {model.path} (ONNX Runtime, float32, "
         f"TTA {model.tta})",
         {"kind": "onnx", "path": str(model.path.resolve()), "tta": model.tta, **model.meta},
+        distances if scored else None,
+        model.ood_threshold,
     )
 
 
@@ -149,14 +171,25 @@ def collect(entries: list[str]) -> tuple[list[Path], list[str], list[str]]:
 
 
 def read_picture(path: Path) -> Image.Image:
-    """The picture (a GIF's first frame), decoded in full and turned upright as its EXIF says;
-    a file Pillow cannot read, or one over its decompression-bomb limit, is a `UserError`."""
+    """The picture (a GIF's first frame), decoded and turned upright as its EXIF says; a file
+    Pillow cannot read, or one over its decompression-bomb limit, is a `UserError`.
+
+    A large JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg itself (Pillow's `draft`),
+    the smallest that keeps `DECODED_SIDE` pixels on its shorter side: a 28x28 input needs no
+    more, and a phone's 12 megapixels then decode in a tenth of the time. `decoded_scale` says
+    by how much (the picture's `info["fmnist_scale"]`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                width = image.width
+                if image.format == "JPEG" and min(image.size) > DECODED_SIDE:
+                    shorter = DECODED_SIDE / min(image.size)
+                    image.draft(None, (ceil(image.width * shorter), ceil(image.height * shorter)))
                 image.load()
-                return ImageOps.exif_transpose(image)
+                upright = ImageOps.exif_transpose(image)
+                upright.info[SCALE] = width / image.width
+                return upright
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
@@ -182,13 +215,19 @@ class Picture:
     path: Path
     thumbnail: Image.Image
     prepared: Prepared
+    scale: float  # the file's pixels per pixel of the decoded picture (`read_picture`)
+
+    def box(self) -> list[int] | None:
+        """The object's box (top, left, bottom, right) in the file's own pixels."""
+        box = self.prepared.box
+        return None if box is None else [round(v * self.scale) for v in box]
 
 
 def load(path: Path, settings: PredictConfig) -> Picture:
     image = read_picture(path)
     thumbnail = image.convert("RGBA")
     thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
-    return Picture(path, thumbnail, prepare(image, settings.prepare))
+    return Picture(path, thumbnail, prepare(image, settings.prepare), image.info.get(SCALE, 1.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,8 +239,9 @@ def load(path: Path, settings: PredictConfig) -> Picture:
 class Prediction:
     picture: Picture
     q: list[float]  # the 10 probabilities
-    doubts: list[str]  # why not to trust it (prepare.doubts); empty: none found
+    doubts: list[str]  # why not to trust it (prepare.doubts, fmnist.ood); empty: none found
     lesson: Snapshot | None  # the cross-entropy against target=, when given
+    ood_distance: float | None  # fmnist.ood's score; None when the model has no statistics
 
     @property
     def top(self) -> list[int]:
@@ -214,8 +254,13 @@ class Prediction:
             "top": [{"class": c, "name": classes[c], "probability": self.q[c]} for c in self.top],
             "q": self.q,
             "doubts": self.doubts,
+            "ood_distance": self.ood_distance,
             "inverted": prepared.inverted,
-            "box": list(prepared.box) if prepared.box else None,
+            "box": self.picture.box(),
+            "background": vars(prepared.background),
+            "turned_degrees": prepared.turned,
+            "preparation_failed": prepared.failed,
+            "steps": [name for name, _ in prepared.steps],
             "lesson": self.lesson.as_dict() if self.lesson else None,
         }
 
@@ -227,8 +272,10 @@ def predict_pictures(
     predictions = []
     for start in range(0, len(pictures), BATCH):
         batch = pictures[start : start + BATCH]
-        logits = predictor.logits(torch.stack([p.prepared.pixels for p in batch]))
+        pixels = torch.stack([p.prepared.pixels for p in batch])
+        logits = predictor.logits(pixels)
         q = softmax(logits.double(), dim=1)
+        distances = predictor.distances(pixels).tolist() if predictor.distances else None
         for i, picture in enumerate(batch):
             lesson = None
             if target is not None:
@@ -240,8 +287,14 @@ def predict_pictures(
                     picture=str(picture.path),
                     image=picture.prepared.pixels,
                 )
-            found = doubts(picture.prepared.pixels, q[i].max().item())
-            predictions.append(Prediction(picture, q[i].tolist(), found, lesson))
+            prepared = picture.prepared
+            found = doubts(prepared.pixels, q[i].max().item(), prepared.failed)
+            distance = None
+            if distances is not None and predictor.ood_threshold is not None:
+                distance = round(distances[i], 3)
+                flag = ood.doubt(distance, predictor.ood_threshold)
+                found += [flag] if flag else []
+            predictions.append(Prediction(picture, q[i].tolist(), found, lesson, distance))
     return predictions
 
 
@@ -263,6 +316,13 @@ def results(
         "target_name": None if settings.target is None else classes[settings.target],
         "classes": classes,
         "doubt_rule": DOUBT_RULE,
+        "ood": {
+            "score": "squared Mahalanobis distance of the model's features to the nearest class "
+            "mean (fmnist.ood)",
+            "threshold": predictor.ood_threshold,
+            "available": predictor.distances is not None,
+            "rule": ood.rule(predictor.ood_threshold),
+        },
         "predictions": [p.as_dict(classes) for p in predictions],
         "failed": failed,
     }
@@ -286,7 +346,13 @@ def write_outputs(r: dict[str, Any], predictions: list[Prediction], run_dir: Pat
     """predictions.png and predictions.csv, then predictions.json last, all or nothing."""
     figure = figures.predictions_figure(
         [
-            (p.picture.path.name, p.picture.thumbnail, p.picture.prepared.pixels, p.q, p.doubts)
+            (
+                p.picture.path.name,
+                p.picture.thumbnail,
+                [(name, pixels) for name, pixels in p.picture.prepared.steps],
+                p.q,
+                p.doubts,
+            )
             for p in predictions
         ],
         r["classes"],
