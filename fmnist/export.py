@@ -4,8 +4,9 @@ The logic of `python scripts/export.py ckpt_path=... format=onnx|torchscript` (c
 configs/export.yaml and fmnist.script_configs). The exported model takes `image`, float32
 (N, 1, 28, 28) in [0, 1], a light object on black (fmnist.prepare makes one from a picture), and
 returns `logits`, float32 (N, 10); N is free. The checkpoint's normalisation is inside the graph,
-so the file needs nothing else; its class names, the fmnist version and how it was made are in
-its metadata (ONNX `metadata_props`, TorchScript's extra file `fmnist.json`).
+so the file needs nothing else; its class names, the fmnist version, how it was made and the
+threshold of fmnist.ood's flag (on the energy of its logits) are in its metadata (ONNX
+`metadata_props`, TorchScript's extra file `fmnist.json`).
 
 Exported in float32 whatever precision the checkpoint's run used (bf16 autocast is for its own
 evaluation), and without test-time augmentation: the metadata's `tta` says which views the run
@@ -41,7 +42,6 @@ from fmnist.script_configs import validate_export
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 INPUT, OUTPUT = "image", "logits"
-OOD_OUTPUT = "ood_distance"  # the second output of a checkpoint with fitted statistics
 METADATA_FILE = "fmnist.json"  # TorchScript: the metadata, as one extra file in the archive
 CHECK_IMAGES = 64  # random images the written file is run on, against the PyTorch model
 CHECK_TOLERANCE = 1e-4  # the largest |logit difference| accepted (float32 rounding is ~1e-6)
@@ -61,46 +61,17 @@ class Normalised(nn.Module):
         return logits
 
 
-class Scored(Normalised):
-    """`Normalised`, which can also say how far its features lie from the training set's:
-    `ood_distance` (fmnist.ood), for the checkpoint's fitted statistics."""
-
-    def __init__(self, model: nn.Module, mean: float, std: float, stats: ood.Statistics) -> None:
-        super().__init__(model, mean, std)
-        self.register_buffer("class_means", stats.means.clone())
-        self.register_buffer("precision", stats.precision.clone())
-
-    @torch.jit.export
-    def ood_distance(self, image: Tensor) -> Tensor:
-        """`image` float32 (N, 1, 28, 28) in [0, 1] to the squared Mahalanobis distance of its
-        features to the nearest class mean (N,); above the metadata's `ood_threshold`: flag it."""
-        features: Tensor = self.model.embed((image - self.mean) / self.std)
-        return ood.nearest_mean_distance(features.float(), self.class_means, self.precision)
-
-
-class BothOutputs(nn.Module):
-    """A `Scored` model as one graph with two outputs, logits and ood_distance (for ONNX)."""
-
-    def __init__(self, scored: Scored) -> None:
-        super().__init__()
-        self.scored = scored
-
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        return self.scored(image), self.scored.ood_distance(image)
-
-
-def metadata(loaded: checkpoint.Loaded, stats: ood.Statistics | None) -> dict[str, str]:
-    """What the exported file says about itself (strings, as ONNX metadata_props hold)."""
+def metadata(loaded: checkpoint.Loaded) -> dict[str, str]:
+    """What the exported file says about itself (strings, as ONNX metadata_props hold), with the
+    threshold of fmnist.ood's flag when the checkpoint has one."""
+    threshold = ood.from_checkpoint(loaded.checkpoint)
     flag = (
         {
-            "ood_score": "mahalanobis",
-            "ood_threshold": str(stats.threshold),
+            "ood_score": "energy: -logsumexp(logits), of the TTA-averaged logits",
+            "ood_threshold": str(threshold.value),
             "ood_quantile": str(ood.QUANTILE),
-            "ood_output": f"{OOD_OUTPUT}: float32 (N,), the squared Mahalanobis distance of the "
-            "features to the nearest class mean (ONNX: a second output; TorchScript: the method "
-            "ood_distance); above ood_threshold, the picture is unlike the training images",
         }
-        if stats is not None
+        if threshold is not None
         else {}
     )
     return {
@@ -165,18 +136,15 @@ def _quiet() -> Iterator[None]:
 
 
 def export_onnx(model: Normalised, path: Path, meta: dict[str, str]) -> None:
-    """The model as ONNX with a dynamic batch dimension and `meta`, checked by onnx.checker; a
-    `Scored` model with its second output, `OOD_OUTPUT`."""
+    """The model as ONNX with a dynamic batch dimension and `meta`, checked by onnx.checker."""
     onnx = _onnx()
     batch = torch.export.Dim("batch")
-    scored = isinstance(model, Scored)
-    graph: nn.Module = BothOutputs(model) if isinstance(model, Scored) else model
     with _quiet():
         program = torch.onnx.export(
-            exportable(graph),
+            exportable(model),
             (torch.rand(2, 1, SIDE, SIDE),),
             input_names=[INPUT],
-            output_names=[OUTPUT, OOD_OUTPUT] if scored else [OUTPUT],
+            output_names=[OUTPUT],
             dynamic_shapes={INPUT: {0: batch}},
             dynamo=True,
             external_data=False,  # the weights inside the one file
@@ -217,17 +185,12 @@ class OnnxModel:
     classes: list[str]
     tta: str  # the views the checkpoint's run averaged (not in the graph)
     meta: dict[str, str]
-    ood_threshold: float | None  # None: exported without fitted statistics (no OOD_OUTPUT)
+    ood_threshold: float | None  # fmnist.ood's; None: exported before it existed
 
     def logits(self, images: Tensor) -> Tensor:
         """float32 (N, 1, 28, 28) in [0, 1] to float32 logits (N, 10)."""
         (logits,) = self.session.run([OUTPUT], {INPUT: images.float().contiguous().numpy()})
         return torch.from_numpy(logits)
-
-    def ood_distances(self, images: Tensor) -> Tensor:
-        """float32 (N, 1, 28, 28) in [0, 1] to the graph's `OOD_OUTPUT` (N,)."""
-        (found,) = self.session.run([OOD_OUTPUT], {INPUT: images.float().contiguous().numpy()})
-        return torch.from_numpy(found)
 
 
 def load_onnx(path: str | os.PathLike[str]) -> OnnxModel:
@@ -246,10 +209,7 @@ def load_onnx(path: str | os.PathLike[str]) -> OnnxModel:
         raise UserError(f"{path} is not a readable ONNX model (corrupt?): {reason}") from None
     meta = session.get_modelmeta().custom_metadata_map
     names = [node.name for node in session.get_inputs()], [n.name for n in session.get_outputs()]
-    if meta.get("producer") != "fmnist" or names not in (
-        ([INPUT], [OUTPUT]),
-        ([INPUT], [OUTPUT, OOD_OUTPUT]),
-    ):
+    if meta.get("producer") != "fmnist" or names != ([INPUT], [OUTPUT]):
         raise UserError(
             f"{path} is an ONNX model but not one exported by fmnist (no fmnist metadata, or "
             f"not {INPUT} -> {OUTPUT}): export a checkpoint with scripts/export.py"
@@ -263,28 +223,23 @@ def load_onnx(path: str | os.PathLike[str]) -> OnnxModel:
     tta = meta.get("tta")
     if tta not in TTA_MODES:
         raise UserError(f"{path} has tta={tta!r} in its metadata: expected one of {TTA_MODES}")
-    scored = names[1] == [OUTPUT, OOD_OUTPUT]
     try:
-        threshold = float(meta["ood_threshold"]) if scored else None
-    except (KeyError, ValueError):
-        raise UserError(f"{path} has an {OOD_OUTPUT} output but no valid ood_threshold") from None
+        threshold = float(meta["ood_threshold"]) if "ood_threshold" in meta else None
+    except ValueError:
+        raise UserError(f"{path} has an invalid ood_threshold in its metadata") from None
     return OnnxModel(path, session, classes, tta, meta, threshold)
 
 
-def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The written file's logits on float32 `images` (N, 1, 28, 28) in [0, 1], and its
-    `OOD_OUTPUT` when it has one."""
+def run_exported(path: Path, fmt: str, images: Tensor) -> Tensor:
+    """The written file's logits on float32 `images` (N, 1, 28, 28) in [0, 1]."""
     if fmt == "onnx":
-        model = load_onnx(path)
-        scored = model.ood_threshold is not None
-        return model.logits(images), model.ood_distances(images) if scored else None
+        return load_onnx(path).logits(images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(path, map_location="cpu")
     with torch.no_grad():
         logits: Tensor = module(images)
-        scored = hasattr(module, OOD_OUTPUT)
-        return logits, module.ood_distance(images) if scored else None
+        return logits
 
 
 @torch.no_grad()
@@ -293,7 +248,7 @@ def check(model: Normalised, path: Path, fmt: str) -> float:
     seeded random images; over `CHECK_TOLERANCE`, or another predicted class, is an error."""
     images = torch.rand(CHECK_IMAGES, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
     expected: Tensor = model(images)
-    got, distances = run_exported(path, fmt, images)
+    got = run_exported(path, fmt, images)
     difference = (expected - got).abs().max().item()
     if difference > CHECK_TOLERANCE or not torch.equal(expected.argmax(1), got.argmax(1)):
         raise UserError(
@@ -301,27 +256,14 @@ def check(model: Normalised, path: Path, fmt: str) -> float:
             f"|difference| {difference:.1e} on {CHECK_IMAGES} random images): it was removed; "
             "please report this with the checkpoint"
         )
-    if isinstance(model, Scored) and (
-        distances is None
-        or not torch.allclose(distances, model.ood_distance(images), rtol=1e-3, atol=1e-2)
-    ):
-        raise UserError(
-            f"the exported {path.name} computes other {OOD_OUTPUT} values than the checkpoint "
-            "on random images: it was removed; please report this with the checkpoint"
-        )
     return difference
 
 
 def export_checkpoint(ckpt_path: str, fmt: str, run_dir: Path) -> dict[str, Any]:
     """Write the checkpoint's model as `fmt` into `run_dir`, check it; what was done, as a dict."""
     loaded = checkpoint.load_model(ckpt_path)
-    stats = ood.from_checkpoint(loaded.checkpoint)
-    model = (
-        Normalised(loaded.model, loaded.mean, loaded.std)
-        if stats is None
-        else Scored(loaded.model, loaded.mean, loaded.std, stats)
-    ).eval()
-    meta = metadata(loaded, stats)
+    model = Normalised(loaded.model, loaded.mean, loaded.std).eval()
+    meta = metadata(loaded)
     path = run_dir / FILE_NAMES[fmt]
     (export_onnx if fmt == "onnx" else export_torchscript)(model, path, meta)
     try:
@@ -342,13 +284,9 @@ def summary(r: dict[str, Any]) -> str:
             f"  to {path} ({r['format']}, {path.stat().st_size / 1e6:.2f} MB, float32)",
             f"  input  {meta['input']}; the batch size N is free",
             f"  output {meta['output']}",
-            *(
-                [f"  output {meta['ood_output']} (ood_threshold {meta['ood_threshold']})"]
-                if "ood_output" in meta
-                else [
-                    "  no ood_distance output: the checkpoint has no fitted statistics (older run)"
-                ]
-            ),
+            f"  the model's own flag: energy above {meta['ood_threshold']} (fmnist.ood)"
+            if "ood_threshold" in meta
+            else "  no ood_threshold: the checkpoint has none (trained before it was added)",
             f"  normalisation {meta['normalization']}",
             f"  test-time augmentation: not in the graph (the run averaged: {meta['tta']})",
             f"  classes {', '.join(json.loads(meta['classes']))}",

@@ -64,9 +64,8 @@ class Predictor:
     classes: list[str]
     description: str  # in words, for the report and the lesson
     details: dict[str, Any]  # for predictions.json
-    distances: Callable[[Tensor], Tensor] | None = None  # uint8 (N, 28, 28) -> (N,): fmnist.ood's
-    # score; None for a model without fitted statistics
-    ood_threshold: float | None = None  # a distance above it is flagged
+    ood_threshold: float | None = None  # fmnist.ood's: an energy above it is flagged; None for
+    # a model trained before it existed
 
 
 def from_checkpoint(path: str, device_name: str) -> Predictor:
@@ -76,17 +75,12 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
     tta = loaded.setting("trainer.tta", str)
     model = compute.place(loaded.model)
 
-    stats = ood.from_checkpoint(loaded.checkpoint)
+    threshold = ood.from_checkpoint(loaded.checkpoint)
 
     @torch.no_grad()
     def logits(pixels: Tensor) -> Tensor:
         x = data.normalise(pixels.to(compute.device), loaded.mean, loaded.std).unsqueeze(1)
         return engine.predict(model, x, compute, tta).cpu()
-
-    def distances(pixels: Tensor) -> Tensor:
-        assert stats is not None  # only offered with them
-        x = data.normalise(pixels, loaded.mean, loaded.std).unsqueeze(1)
-        return stats.distances(ood.features(model, x, compute))
 
     mode = "bf16 autocast" if loaded.precision == "bf16" else "float32"
     step = loaded.checkpoint.get("step")
@@ -104,8 +98,7 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
             "device": str(compute.device),
             "normalization": {"mean": loaded.mean, "std": loaded.std},
         },
-        distances if stats is not None else None,
-        stats.threshold if stats is not None else None,
+        threshold.value if threshold is not None else None,
     )
 
 
@@ -119,17 +112,12 @@ def from_onnx(path: str) -> Predictor:
         total = cast(Tensor, sum(model.logits(view) for view in views))  # not 0: views is not empty
         return total / len(views)
 
-    def distances(pixels: Tensor) -> Tensor:
-        return model.ood_distances(pixels.float().div(255).unsqueeze(1))
-
-    scored = model.ood_threshold is not None
     return Predictor(
         logits,
         model.classes,
         f"{model.meta.get('model', 'a model')} exported to {model.path} (ONNX Runtime, float32, "
         f"TTA {model.tta})",
         {"kind": "onnx", "path": str(model.path.resolve()), "tta": model.tta, **model.meta},
-        distances if scored else None,
         model.ood_threshold,
     )
 
@@ -241,7 +229,7 @@ class Prediction:
     q: list[float]  # the 10 probabilities
     doubts: list[str]  # why not to trust it (prepare.doubts, fmnist.ood); empty: none found
     lesson: Snapshot | None  # the cross-entropy against target=, when given
-    ood_distance: float | None  # fmnist.ood's score; None when the model has no statistics
+    energy: float  # fmnist.ood's score (-logsumexp of the logits): high is unlike training
 
     @property
     def top(self) -> list[int]:
@@ -254,7 +242,7 @@ class Prediction:
             "top": [{"class": c, "name": classes[c], "probability": self.q[c]} for c in self.top],
             "q": self.q,
             "doubts": self.doubts,
-            "ood_distance": self.ood_distance,
+            "energy": self.energy,
             "inverted": prepared.inverted,
             "box": self.picture.box(),
             "background": vars(prepared.background),
@@ -275,7 +263,7 @@ def predict_pictures(
         pixels = torch.stack([p.prepared.pixels for p in batch])
         logits = predictor.logits(pixels)
         q = softmax(logits.double(), dim=1)
-        distances = predictor.distances(pixels).tolist() if predictor.distances else None
+        energies = ood.energy(logits).tolist()
         for i, picture in enumerate(batch):
             lesson = None
             if target is not None:
@@ -289,12 +277,10 @@ def predict_pictures(
                 )
             prepared = picture.prepared
             found = doubts(prepared.pixels, q[i].max().item(), prepared.failed)
-            distance = None
-            if distances is not None and predictor.ood_threshold is not None:
-                distance = round(distances[i], 3)
-                flag = ood.doubt(distance, predictor.ood_threshold)
+            if predictor.ood_threshold is not None:
+                flag = ood.doubt(energies[i], predictor.ood_threshold)
                 found += [flag] if flag else []
-            predictions.append(Prediction(picture, q[i].tolist(), found, lesson, distance))
+            predictions.append(Prediction(picture, q[i].tolist(), found, lesson, energies[i]))
     return predictions
 
 
@@ -317,10 +303,10 @@ def results(
         "classes": classes,
         "doubt_rule": DOUBT_RULE,
         "ood": {
-            "score": "squared Mahalanobis distance of the model's features to the nearest class "
-            "mean (fmnist.ood)",
+            "score": "energy: -logsumexp of the logits (fmnist.ood)",
             "threshold": predictor.ood_threshold,
-            "available": predictor.distances is not None,
+            "quantile": ood.QUANTILE,
+            "available": predictor.ood_threshold is not None,
             "rule": ood.rule(predictor.ood_threshold),
         },
         "predictions": [p.as_dict(classes) for p in predictions],

@@ -249,7 +249,7 @@ def light_field(
     y = coordinates(height)[top:bottom, None, None]
     x = coordinates(width)[None, left:right, None]
     a, bx, by, bxx, byy, bxy = coefficients
-    return a + bx * x + by * y + bxx * x * x + byy * y * y + bxy * x * y
+    return np.asarray(a + bx * x + by * y + bxx * x * x + byy * y * y + bxy * x * y, np.float64)
 
 
 def even_light(
@@ -263,14 +263,14 @@ def even_light(
     picture of `shape`."""
     field_ = light_field(coefficients, shape or colours.shape, box)
     level = coefficients[0] + (coefficients[3] + coefficients[4]) / 3  # the field's mean
-    return np.clip(colours - field_ + level, 0, 255).astype(np.float32)
+    return np.asarray(np.clip(colours - field_ + level, 0, 255), dtype=np.float32)
 
 
 def distance(colours: Plane, colour: NDArray[np.floating]) -> Plane:
     """Each pixel's colour distance from `colour`, scaled so that a grey pixel's is its
     difference in grey levels: ||pixel - colour|| / sqrt(channels)."""
     difference = colours - colour.astype(np.float32)
-    return np.sqrt((difference * difference).mean(axis=-1)).astype(np.float32)
+    return np.asarray(np.sqrt((difference * difference).mean(axis=-1)), dtype=np.float32)
 
 
 def smooth(colours: Plane) -> Plane:
@@ -349,8 +349,8 @@ def contrast(colours: Plane, background: Background, invert: str) -> Plane:
     if invert == "true":
         gray, level = 255 - gray, 255 - level
     if level == 0 or level > MID_GREY:
-        return gray.astype(np.float32)
-    return (np.clip(gray - level, 0, None) * (255 / (255 - level))).astype(np.float32)
+        return np.asarray(gray, dtype=np.float32)
+    return np.asarray(np.clip(gray - level, 0, None) * (255 / (255 - level)), dtype=np.float32)
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -411,7 +411,7 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     top, left, bottom, right = mask_box(core)
     reach = max(1, round(CORE_REACH * max(bottom - top, right - left)))
     near = ndimage.binary_dilation(filled(core), np.ones((3, 3), dtype=bool), iterations=reach)
-    return mask & near
+    return np.asarray(mask & near, dtype=bool)
 
 
 def mask_box(mask: Mask) -> Box:

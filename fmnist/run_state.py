@@ -123,14 +123,14 @@ class Checkpoints:
         return best
 
     def finish(
-        self, best: dict[str, Any], metrics: dict[str, Any], statistics: ood.Statistics | None
+        self, best: dict[str, Any], metrics: dict[str, Any], threshold: ood.Threshold | None
     ) -> None:
-        """best.pt gets the run's final metrics and its out-of-distribution statistics (fitted
-        on rank 0: `statistics` is None on the others), then metrics.json marks the run
+        """best.pt gets the run's final metrics and the threshold of its out-of-distribution
+        flag (fitted on rank 0: None on the others), then metrics.json marks the run
         finished."""
         if not self.writes:
             return
-        extra = {"ood": statistics.as_dict()} if statistics is not None else {}
+        extra = {"ood": threshold.as_dict()} if threshold is not None else {}
         checkpoint.save(self.directory / "best.pt", **{**best, "metrics": metrics, **extra})
         text = json.dumps(metrics, indent=2) + "\n"
         write_text_atomically(self.directory.parent / "metrics.json", text)

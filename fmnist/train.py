@@ -101,10 +101,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **progress.summary(settings.max_epochs * data.train.num_samples),
         }
         report.test(training, position.step, test, metrics)
-    statistics = None
+    threshold = None
     if distributed.is_main():  # one rank measures; the others only wait for the group's end
-        statistics = ood.fit_run(training.evaluated_module, config, training.compute)
-    checkpoints.finish(best, metrics, statistics)
+        threshold = ood.fit_run(training.evaluated_module, config, training.compute)
+    checkpoints.finish(best, metrics, threshold)
     log.info(
         "test loss %.4f acc %.4f (weights of epoch %d); run saved in %s",
         test.loss,

@@ -168,8 +168,8 @@ def predictions_figure(
 
     fig = plt.figure(figsize=(17, 2.9 * len(shown) + 0.6), dpi=70)
     outer = fig.add_gridspec(len(shown), 1, hspace=0.55)
-    for (name, thumbnail, steps, q, doubts), cell in zip(shown, outer, strict=True):
-        inner = cell.subgridspec(
+    for row, (name, thumbnail, steps, q, doubts) in enumerate(shown):
+        inner = outer[row].subgridspec(
             2, STEP_COLUMNS + 1, height_ratios=[5, 1], width_ratios=[1] * STEP_COLUMNS + [4]
         )
         pictures = [(name, thumbnail), *steps[-(STEP_COLUMNS - 1) :]]
