@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from fmnist import checkpoint, data, engine, runs
+from fmnist import checkpoint, data, engine, ood, runs
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import all_or_nothing, write_text_atomically
 from fmnist.loaders import DeviceLoader, split_train_val
@@ -181,6 +181,14 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
         "classes": classes,
         "normalization": {"mean": loaded.mean, "std": loaded.std},
         "training_metrics": metrics,
+    }
+    threshold = ood.from_checkpoint(loaded.checkpoint)
+    results["ood"] = {
+        "threshold": threshold.value if threshold else None,
+        "flagged": (
+            (ood.energy(p.logits) > threshold.value).double().mean().item() if threshold else None
+        ),
+        "rule": ood.rule(threshold.value if threshold else None),
     }
     for wrong in results["confidently_wrong"]:
         wrong["true_name"], wrong["predicted_name"] = (

@@ -4,8 +4,9 @@ The logic of `python scripts/export.py ckpt_path=... format=onnx|torchscript` (c
 configs/export.yaml and fmnist.script_configs). The exported model takes `image`, float32
 (N, 1, 28, 28) in [0, 1], a light object on black (fmnist.prepare makes one from a picture), and
 returns `logits`, float32 (N, 10); N is free. The checkpoint's normalisation is inside the graph,
-so the file needs nothing else; its class names, the fmnist version and how it was made are in
-its metadata (ONNX `metadata_props`, TorchScript's extra file `fmnist.json`).
+so the file needs nothing else; its class names, the fmnist version, how it was made and the
+threshold of fmnist.ood's flag (on the energy of its logits) are in its metadata (ONNX
+`metadata_props`, TorchScript's extra file `fmnist.json`).
 
 Exported in float32 whatever precision the checkpoint's run used (bf16 autocast is for its own
 evaluation), and without test-time augmentation: the metadata's `tta` says which views the run
@@ -32,7 +33,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 import fmnist
-from fmnist import checkpoint, runs
+from fmnist import checkpoint, ood, runs
 from fmnist.data import SIDE
 from fmnist.engine import TTA_MODES
 from fmnist.errors import UserError, reports_user_errors
@@ -61,7 +62,18 @@ class Normalised(nn.Module):
 
 
 def metadata(loaded: checkpoint.Loaded) -> dict[str, str]:
-    """What the exported file says about itself (strings, as ONNX metadata_props hold)."""
+    """What the exported file says about itself (strings, as ONNX metadata_props hold), with the
+    threshold of fmnist.ood's flag when the checkpoint has one."""
+    threshold = ood.from_checkpoint(loaded.checkpoint)
+    flag = (
+        {
+            "ood_score": "energy: -logsumexp(logits), of the TTA-averaged logits",
+            "ood_threshold": str(threshold.value),
+            "ood_quantile": str(ood.QUANTILE),
+        }
+        if threshold is not None
+        else {}
+    )
     return {
         "producer": "fmnist",
         "fmnist_version": fmnist.__version__,
@@ -75,6 +87,7 @@ def metadata(loaded: checkpoint.Loaded) -> dict[str, str]:
         "tta": loaded.setting("trainer.tta", str),
         "tta_in_graph": "no: average the logits of the tta views yourself to match the run",
         "precision": "float32",
+        **flag,
     }
 
 
@@ -172,6 +185,7 @@ class OnnxModel:
     classes: list[str]
     tta: str  # the views the checkpoint's run averaged (not in the graph)
     meta: dict[str, str]
+    ood_threshold: float | None  # fmnist.ood's; None: exported before it existed
 
     def logits(self, images: Tensor) -> Tensor:
         """float32 (N, 1, 28, 28) in [0, 1] to float32 logits (N, 10)."""
@@ -209,7 +223,11 @@ def load_onnx(path: str | os.PathLike[str]) -> OnnxModel:
     tta = meta.get("tta")
     if tta not in TTA_MODES:
         raise UserError(f"{path} has tta={tta!r} in its metadata: expected one of {TTA_MODES}")
-    return OnnxModel(path, session, classes, tta, meta)
+    try:
+        threshold = float(meta["ood_threshold"]) if "ood_threshold" in meta else None
+    except ValueError:
+        raise UserError(f"{path} has an invalid ood_threshold in its metadata") from None
+    return OnnxModel(path, session, classes, tta, meta, threshold)
 
 
 def run_exported(path: Path, fmt: str, images: Tensor) -> Tensor:
@@ -266,6 +284,9 @@ def summary(r: dict[str, Any]) -> str:
             f"  to {path} ({r['format']}, {path.stat().st_size / 1e6:.2f} MB, float32)",
             f"  input  {meta['input']}; the batch size N is free",
             f"  output {meta['output']}",
+            f"  the model's own flag: energy above {meta['ood_threshold']} (fmnist.ood)"
+            if "ood_threshold" in meta
+            else "  no ood_threshold: the checkpoint has none (trained before it was added)",
             f"  normalisation {meta['normalization']}",
             f"  test-time augmentation: not in the graph (the run averaged: {meta['tta']})",
             f"  classes {', '.join(json.loads(meta['classes']))}",

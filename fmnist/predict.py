@@ -22,6 +22,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import ceil
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,13 +31,13 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from fmnist import checkpoint, data, engine, export, runs
+from fmnist import checkpoint, data, engine, export, ood, runs
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import all_or_nothing, write_text_atomically
 from fmnist.losses import softmax
 from fmnist.prepare import DOUBT_RULE, Prepared, doubts, prepare
 from fmnist.report import figures, text
-from fmnist.script_configs import PredictConfig, validate_predict
+from fmnist.script_configs import PredictConfig, PrepareConfig, validate_predict
 from fmnist.snapshot import Snapshot, from_logits, report
 
 # What a directory's pictures are recognised by; a file named directly is tried whatever its name.
@@ -45,6 +46,9 @@ FORMATS = "PNG, JPEG, WebP, BMP or GIF"
 BATCH = 256  # pictures per forward pass
 TOP = 3
 THUMBNAIL = 96  # pixels: the longest edge of a picture's thumbnail in predictions.png
+DECODED_SIDE = 336  # pixels a JPEG keeps on its shorter side when decoded smaller: an object a
+# fifth of the frame then still spans over 60 pixels, twice the 28 it is fitted into
+SCALE = "fmnist_scale"  # read_picture's note in image.info: file pixels per decoded pixel
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,6 +64,8 @@ class Predictor:
     classes: list[str]
     description: str  # in words, for the report and the lesson
     details: dict[str, Any]  # for predictions.json
+    ood_threshold: float | None = None  # fmnist.ood's: an energy above it is flagged; None for
+    # a model trained before it existed
 
 
 def from_checkpoint(path: str, device_name: str) -> Predictor:
@@ -68,6 +74,8 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
     compute = loaded.compute(engine.device(device_name, "device"))
     tta = loaded.setting("trainer.tta", str)
     model = compute.place(loaded.model)
+
+    threshold = ood.from_checkpoint(loaded.checkpoint)
 
     @torch.no_grad()
     def logits(pixels: Tensor) -> Tensor:
@@ -90,6 +98,7 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
             "device": str(compute.device),
             "normalization": {"mean": loaded.mean, "std": loaded.std},
         },
+        threshold.value if threshold is not None else None,
     )
 
 
@@ -109,6 +118,7 @@ def from_onnx(path: str) -> Predictor:
         f"{model.meta.get('model', 'a model')} exported to {model.path} (ONNX Runtime, float32, "
         f"TTA {model.tta})",
         {"kind": "onnx", "path": str(model.path.resolve()), "tta": model.tta, **model.meta},
+        model.ood_threshold,
     )
 
 
@@ -149,14 +159,25 @@ def collect(entries: list[str]) -> tuple[list[Path], list[str], list[str]]:
 
 
 def read_picture(path: Path) -> Image.Image:
-    """The picture (a GIF's first frame), decoded in full and turned upright as its EXIF says;
-    a file Pillow cannot read, or one over its decompression-bomb limit, is a `UserError`."""
+    """The picture (a GIF's first frame), decoded and turned upright as its EXIF says; a file
+    Pillow cannot read, or one over its decompression-bomb limit, is a `UserError`.
+
+    A large JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg itself (Pillow's `draft`),
+    the smallest that keeps `DECODED_SIDE` pixels on its shorter side: a 28x28 input needs no
+    more, and a phone's 12 megapixels then decode in a tenth of the time. `decoded_scale` says
+    by how much (the picture's `info["fmnist_scale"]`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                width = image.width
+                if image.format == "JPEG" and min(image.size) > DECODED_SIDE:
+                    shorter = DECODED_SIDE / min(image.size)
+                    image.draft(None, (ceil(image.width * shorter), ceil(image.height * shorter)))
                 image.load()
-                return ImageOps.exif_transpose(image)
+                upright = ImageOps.exif_transpose(image)
+                upright.info[SCALE] = width / image.width
+                return upright
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
@@ -182,13 +203,26 @@ class Picture:
     path: Path
     thumbnail: Image.Image
     prepared: Prepared
+    scale: float  # the file's pixels per pixel of the decoded picture (`read_picture`)
+
+    def box(self) -> list[int] | None:
+        """The object's box (top, left, bottom, right) in the file's own pixels."""
+        box = self.prepared.box
+        return None if box is None else [round(v * self.scale) for v in box]
 
 
 def load(path: Path, settings: PredictConfig) -> Picture:
-    image = read_picture(path)
+    return picture_of(read_picture(path), path, settings.prepare)
+
+
+def picture_of(
+    image: Image.Image, path: Path, settings: PrepareConfig, thumbnail_size: int = THUMBNAIL
+) -> Picture:
+    """`image` (read from `path`, or from elsewhere: the page's upload, drawing or test image)
+    prepared, with a thumbnail at most `thumbnail_size` pixels on its longest edge."""
     thumbnail = image.convert("RGBA")
-    thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
-    return Picture(path, thumbnail, prepare(image, settings.prepare))
+    thumbnail.thumbnail((thumbnail_size, thumbnail_size))
+    return Picture(path, thumbnail, prepare(image, settings), image.info.get(SCALE, 1.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,8 +234,9 @@ def load(path: Path, settings: PredictConfig) -> Picture:
 class Prediction:
     picture: Picture
     q: list[float]  # the 10 probabilities
-    doubts: list[str]  # why not to trust it (prepare.doubts); empty: none found
+    doubts: list[str]  # why not to trust it (prepare.doubts, fmnist.ood); empty: none found
     lesson: Snapshot | None  # the cross-entropy against target=, when given
+    energy: float  # fmnist.ood's score (-logsumexp of the logits): high is unlike training
 
     @property
     def top(self) -> list[int]:
@@ -214,8 +249,13 @@ class Prediction:
             "top": [{"class": c, "name": classes[c], "probability": self.q[c]} for c in self.top],
             "q": self.q,
             "doubts": self.doubts,
+            "energy": self.energy,
             "inverted": prepared.inverted,
-            "box": list(prepared.box) if prepared.box else None,
+            "box": self.picture.box(),
+            "background": vars(prepared.background),
+            "turned_degrees": prepared.turned,
+            "preparation_failed": prepared.failed,
+            "steps": [name for name, _ in prepared.steps],
             "lesson": self.lesson.as_dict() if self.lesson else None,
         }
 
@@ -227,8 +267,10 @@ def predict_pictures(
     predictions = []
     for start in range(0, len(pictures), BATCH):
         batch = pictures[start : start + BATCH]
-        logits = predictor.logits(torch.stack([p.prepared.pixels for p in batch]))
+        pixels = torch.stack([p.prepared.pixels for p in batch])
+        logits = predictor.logits(pixels)
         q = softmax(logits.double(), dim=1)
+        energies = ood.energy(logits).tolist()
         for i, picture in enumerate(batch):
             lesson = None
             if target is not None:
@@ -240,8 +282,12 @@ def predict_pictures(
                     picture=str(picture.path),
                     image=picture.prepared.pixels,
                 )
-            found = doubts(picture.prepared.pixels, q[i].max().item())
-            predictions.append(Prediction(picture, q[i].tolist(), found, lesson))
+            prepared = picture.prepared
+            found = doubts(prepared.pixels, q[i].max().item(), prepared.failed)
+            if predictor.ood_threshold is not None:
+                flag = ood.doubt(energies[i], predictor.ood_threshold)
+                found += [flag] if flag else []
+            predictions.append(Prediction(picture, q[i].tolist(), found, lesson, energies[i]))
     return predictions
 
 
@@ -263,6 +309,13 @@ def results(
         "target_name": None if settings.target is None else classes[settings.target],
         "classes": classes,
         "doubt_rule": DOUBT_RULE,
+        "ood": {
+            "score": "energy: -logsumexp of the logits (fmnist.ood)",
+            "threshold": predictor.ood_threshold,
+            "quantile": ood.QUANTILE,
+            "available": predictor.ood_threshold is not None,
+            "rule": ood.rule(predictor.ood_threshold),
+        },
         "predictions": [p.as_dict(classes) for p in predictions],
         "failed": failed,
     }
@@ -286,7 +339,13 @@ def write_outputs(r: dict[str, Any], predictions: list[Prediction], run_dir: Pat
     """predictions.png and predictions.csv, then predictions.json last, all or nothing."""
     figure = figures.predictions_figure(
         [
-            (p.picture.path.name, p.picture.thumbnail, p.picture.prepared.pixels, p.q, p.doubts)
+            (
+                p.picture.path.name,
+                p.picture.thumbnail,
+                [(name, pixels) for name, pixels in p.picture.prepared.steps],
+                p.q,
+                p.doubts,
+            )
             for p in predictions
         ],
         r["classes"],

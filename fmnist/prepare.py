@@ -4,41 +4,79 @@ Zalando made Fashion-MNIST from product photos on white: trim the edges that are
 background (within 5% of the range), fit the longest edge into 28 pixels, pad the other edge to
 28 with the object centred, negate, 8-bit grayscale. So a dataset image is a light object on a
 black background that fills the frame, and a photo that was not prepared that way (a dark shirt
-on a white table, small in a large frame) is outside everything the model has seen; that is why
-raw photos come out as one class, often "Bag". `prepare` redoes the dataset's recipe, one step per
-function below, each working on uint8 (H, W) grayscale tensors:
+on a grey table, small in a noisy frame) is outside everything the model has seen. `prepare`
+redoes the dataset's recipe on a real background, with scikit-image for the image operations:
 
-1. `grayscale`: luminance; a transparent background is shown on white, as product photos are;
-2. `light_background` / `invert`: invert when the border is light (the median of the outermost
-   rows and columns above mid-grey), so the object is light on dark (`PrepareConfig.invert`);
-3. `black_background`: a dark grey background becomes black, as in the dataset;
-4. `object_box` / `crop`: trim to the pixels clearly brighter than the background, plus a small
-   margin (`PrepareConfig.crop`);
-5. `fit`: resize with Lanczos antialiasing so the longest edge is 28 pixels;
-6. `pad_to_square`: pad the other edge with black to 28, the object centred.
+1. `planes`: the picture's colours and its luminance; a transparent background is shown on
+   white, as product photos are, and a 16-bit grayscale picture is scaled to 8 bits;
+2. `find_background` on a copy at most `WORK_SIDE` pixels long: the background's colour and noise
+   from the picture's border (median and MAD: robust to an object that reaches the border), and
+   uneven light (a gradient, a vignette) evened out by subtracting a quadratic surface fitted to
+   the border (`even_light`);
+3. `contrast`: each pixel's colour distance from the background's colour, so the object becomes
+   light on black whether it is darker, lighter or only of another hue than its background (a
+   light background is thereby inverted; `PrepareConfig.invert` forces the grayscale way);
+4. `object_mask`: the pixels whose contrast is above `background noise * NOISE_K` (at least
+   `OBJECT_LEVEL`), opened to drop specks, the largest connected component and those near it (a
+   sandal's straps, a trouser's two legs), holes filled;
+5. `turn_upright`: a garment turned by a few degrees is turned back when its mask's smallest
+   enclosing rectangle is clearly turned (the dataset's objects fill an upright box);
+6. `crop` to the mask's box plus a small margin, the background outside the mask made black;
+7. `fit` the longest edge into 28 pixels (Lanczos), `pad_to_square` with black, and
+   `full_contrast`: a faint object stretched so its brightest pixel is white, as in the dataset.
 
 Normalisation with the checkpoint's statistics follows in fmnist.predict (an exported model does
 it inside its graph). A dataset image passes through unchanged, or nearly: one whose object stops
-a pixel short of the frame is fitted to it again. `doubts` is the rule that flags a prediction
-as unreliable: an unsure answer, or prepared pixels unlike the training images'.
+a pixel short of the frame is fitted to it again. Every step that changed the picture is kept in
+`Prepared.steps` (for predictions.png and a web page). `doubts` is the pixel rule that flags a
+prediction as unreliable: an unsure answer, a failed preparation, or prepared pixels unlike the
+training images'; fmnist.ood adds the model's own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
+from scipy import ndimage
+from skimage import filters, measure
 from torch import Tensor
 
 from fmnist.data import SIDE
 from fmnist.script_configs import PrepareConfig
 
+Plane = NDArray[np.float32]  # (H, W) or (H, W, C) values in 0..255
+Mask = NDArray[np.bool_]
+
 MID_GREY = 127.5
-OBJECT_LEVEL = 13  # "clearly brighter" than the black background: above 5% of the range,
-# the closeness within which Zalando's trimming took a pixel for background
+OBJECT_LEVEL = 13  # the least contrast that is "clearly the object": 5% of the range, the
+# closeness within which Zalando's trimming took a pixel for background
+NOISE_K = 5.0  # a pixel is the object when its contrast exceeds this many background noises: at
+# 5 robust standard deviations a Gaussian background gives one false pixel in 1.7 million
+WORK_SIDE = 512  # the mask is found on a copy whose longest side is at most this
+BLUR = 1.0  # pixels of the working copy: a Gaussian that averages sensor noise before the
+# threshold (only where the border is not perfectly flat: a clean picture is left exact)
+NEAR = 0.15  # components whose box is within this share of the largest one's longest side of
+# its box are kept with it
+EVEN_MIN = 8.0  # grey levels: uneven light is evened out when the fitted surface varies more
+# across the frame than this and than 3 background noises
+RING = 0.03  # of the shorter side: the border ring the background is measured on
 MARGIN = 0.02  # of the object's longest side, kept around its box (soft outlines, JPEG fringes);
 # 0 pixels on a 28-pixel object, so a dataset image keeps its frame
+TURN_LIMIT = 20.0  # degrees: the largest turn looked for
+TURN_MIN = 2.0  # degrees: a smaller turn is left alone
+TURN_GAIN = 0.95  # a turn is clear when turning back shrinks the object's box to this share of
+# its area or less: 0.35% of the first 10000 training images would be turned (their objects
+# fill an upright box), a garment turned by 5 degrees shrinks to about 0.85
+CORE_SHARE = 0.35  # of the object's brightest contrast: its core, which no soft shadow reaches
+CORE_REACH = 0.03  # of the core's longest side: how far beyond it the object's faint edges go
+WHOLE = 0.95  # a box holding this share of a large picture's area: the object was not found
+LARGE = 4 * SIDE  # pixels: a picture this long or longer is "large" (a 28x28 dataset image is
+# its object)
+FULL_CONTRAST = 250  # every one of the 70000 dataset images has a brightest pixel of 250 or more
 
 # Per-image mean and standard deviation of the pixels (scaled to [0, 1]) of the 60000 training
 # images: their 0.5th and 99.5th percentiles, measured once with data.load_split("train") and
@@ -48,11 +86,26 @@ TYPICAL_STD = (0.1222, 0.4497)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit grayscale PNG
 UNSURE_BELOW = 0.5  # a top probability under this: the model is unsure
 DOUBT_RULE = (
-    f"A prediction is flagged when its top probability is under {UNSURE_BELOW}, or when the "
-    f"prepared picture's pixel mean (in [0, 1]) is outside {TYPICAL_MEAN[0]}..{TYPICAL_MEAN[1]} "
-    f"or their standard deviation outside {TYPICAL_STD[0]}..{TYPICAL_STD[1]}, the range of 99% "
-    "of the training images. The flag never blocks the prediction."
+    f"A prediction is flagged when its top probability is under {UNSURE_BELOW}, when no object "
+    "could be told from the background, or when the prepared picture's pixel mean (in [0, 1]) is "
+    f"outside {TYPICAL_MEAN[0]}..{TYPICAL_MEAN[1]} or their standard deviation outside "
+    f"{TYPICAL_STD[0]}..{TYPICAL_STD[1]}, the range of 99% of the training images. The flag "
+    "never blocks the prediction."
 )
+
+Box = tuple[int, int, int, int]  # (top, left, bottom, right), ends exclusive
+
+
+@dataclass
+class Background:
+    """What preparation found out about a picture's background (grey levels, 0..255)."""
+
+    colour: list[float]  # its colour (one value for a grayscale picture), after evening
+    level: float  # its luminance
+    noise: float  # the robust standard deviation (1.4826 MAD) of the border's contrast, as
+    # thresholded (on the smoothed working copy)
+    threshold: float  # contrast above which a pixel is the object
+    evened: bool  # uneven light was evened out
 
 
 @dataclass
@@ -60,101 +113,368 @@ class Prepared:
     """A picture as the model sees it, and what preparation did to it."""
 
     pixels: Tensor  # uint8 (28, 28), light object on black, before normalisation
-    inverted: bool  # the picture's light background was inverted to black
-    box: tuple[int, int, int, int] | None  # (top, left, bottom, right) kept of the grayscale
-    # picture (ends exclusive); None when cropping was off
+    inverted: bool  # the picture's light background was turned black (the object made light)
+    box: Box | None  # kept of the picture given to `prepare`; None when cropping was off
+    background: Background
+    turned: float = 0.0  # degrees the object was turned back (counter-clockwise positive)
+    failed: str | None = None  # why the object could not be found; None when it was
+    steps: list[tuple[str, NDArray[np.uint8]]] = field(default_factory=list)  # each step that
+    # changed the picture, in order: (name, uint8 (H, W) or (H, W, 3)), for predictions.png
 
 
-def grayscale(image: Image.Image) -> Tensor:
-    """The picture's luminance (Pillow's "L": 0.299 R + 0.587 G + 0.114 B) as uint8 (H, W).
+# --------------------------------------------------------------------------------------------
+# Pixels in and out
+# --------------------------------------------------------------------------------------------
+
+
+def planes(image: Image.Image) -> tuple[Plane, NDArray[np.uint8]]:
+    """The picture's colours (float32 (H, W, C), C = 1 for a grayscale picture, 3 otherwise) and
+    its luminance (uint8 (H, W), Pillow's "L": 0.299 R + 0.587 G + 0.114 B).
 
     Transparent pixels are shown on white first, as a product photo with a transparent
     background would be on a page: a cut-out object then gets the white background that the
-    dataset's own photos had (and `invert` turns it black). A 16-bit grayscale picture (PNG) is
-    scaled to 8 bits, 0..65535 to 0..255, rounded; Pillow's own conversion would clip it at 255.
+    dataset's own photos had. A 16-bit grayscale picture (PNG) is scaled to 8 bits, 0..65535 to
+    0..255, rounded; Pillow's own conversion would clip it at 255.
     """
     if image.mode in SIXTEEN_BIT_MODES:
-        return pixels_of(image.convert("I").point(lambda v: v / 257 + 0.5).convert("L"))
+        image = image.convert("I").point(lambda v: v / 257 + 0.5).convert("L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return pixels_of(image.convert("L"))
+        image = Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in ("1", "I", "F") else "RGB")
+    gray = np.asarray(image.convert("L"), dtype=np.uint8)
+    colours = np.asarray(image, dtype=np.float32)
+    return (colours if colours.ndim == 3 else colours[..., None]), gray
 
 
-def pixels_of(image: Image.Image) -> Tensor:
-    """A Pillow "L" image as uint8 (H, W)."""
-    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(
-        image.height, image.width
-    )
+def grayscale(image: Image.Image) -> Tensor:
+    """The picture's luminance as a uint8 (H, W) tensor (`planes`)."""
+    return torch.from_numpy(planes(image)[1].copy())
 
 
-def image_of(pixels: Tensor) -> Image.Image:
+def as_uint8(values: NDArray[np.floating] | NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Values in 0..255 rounded to uint8 (a single channel squeezed)."""
+    rounded = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return rounded[..., 0] if rounded.ndim == 3 and rounded.shape[2] == 1 else rounded
+
+
+def image_of(pixels: Tensor | NDArray[np.uint8]) -> Image.Image:
     """uint8 (H, W) as a Pillow "L" image."""
-    return Image.frombytes("L", (pixels.shape[1], pixels.shape[0]), pixels.numpy().tobytes())
+    array = pixels.numpy() if isinstance(pixels, Tensor) else pixels
+    return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "L")
 
 
-def border(pixels: Tensor) -> Tensor:
-    """The outermost rows and columns, each pixel once."""
-    if min(pixels.shape) <= 2:
-        return pixels.flatten()
-    return torch.cat([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+def shrunk(colours: Plane, side: int = WORK_SIDE) -> tuple[Plane, float]:
+    """A copy whose longest side is at most `side` (area-averaged, which also averages noise),
+    and the scale from it back to `colours` (1.0 when it was small enough already)."""
+    height, width = colours.shape[:2]
+    scale = max(height, width) / side
+    if scale <= 1:
+        return colours, 1.0
+    size = (max(1, round(width / scale)), max(1, round(height / scale)))
+    channels = [
+        np.asarray(
+            Image.fromarray(colours[..., c], "F").resize(size, Image.Resampling.BOX),
+            dtype=np.float32,
+        )
+        for c in range(colours.shape[2])
+    ]
+    small = np.stack(channels, axis=-1)
+    return small, max(height / small.shape[0], width / small.shape[1])
 
 
-def background_level(pixels: Tensor) -> float:
-    """The background's grey level: the median of the border, where an object rarely reaches."""
-    return border(pixels).float().median().item()
+# --------------------------------------------------------------------------------------------
+# The background: its colour, its noise, its light
+# --------------------------------------------------------------------------------------------
 
 
-def light_background(pixels: Tensor) -> bool:
-    """Whether the background is light (border median above mid-grey): then the object is dark on
-    light, the opposite of Fashion-MNIST, and needs `invert`. Of the 60000 training images, 2
-    have a border that the object mostly covers and would be judged light."""
-    return background_level(pixels) > MID_GREY
+def ring(shape: tuple[int, ...]) -> Mask:
+    """The outermost `RING` of the shorter side (at least one row and column) on each side."""
+    height, width = shape[:2]
+    depth = max(1, round(RING * min(height, width)))
+    inside = np.zeros((height, width), dtype=bool)
+    inside[depth : height - depth, depth : width - depth] = True
+    return ~inside
 
 
-def invert(pixels: Tensor) -> Tensor:
-    """255 - pixels: dark on light becomes light on dark."""
-    return 255 - pixels
+def robust_noise(values: NDArray[np.floating]) -> float:
+    """1.4826 times the median absolute deviation: the standard deviation of Gaussian values,
+    unmoved by the few that are not (an object reaching the border)."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-def black_background(pixels: Tensor) -> Tensor:
-    """A dark background made black, as the dataset's is: the levels from the background's to
-    white are stretched onto 0..255 (a black background leaves the picture unchanged, and a
-    light one, kept by `invert=false`, is left alone)."""
-    level = background_level(pixels)
-    if level == 0 or level > MID_GREY:
-        return pixels
-    stretched = (pixels.float() - level).clamp(min=0) * (255 / (255 - level))
-    return stretched.round().to(torch.uint8)
+def coordinates(size: int) -> NDArray[np.float64]:
+    """Pixel centres along a side of `size` pixels, from -1 to 1."""
+    return np.linspace(-1, 1, size) if size > 1 else np.zeros(1)
 
 
-def object_box(pixels: Tensor) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the pixels above `OBJECT_LEVEL`, widened by `MARGIN` and kept
-    inside the picture; the whole picture when nothing is that bright (a blank picture)."""
-    bright = pixels > OBJECT_LEVEL
-    if not bright.any():
-        return 0, 0, pixels.shape[0], pixels.shape[1]
-    rows, cols = bright.any(1).nonzero().flatten(), bright.any(0).nonzero().flatten()
-    top, bottom, left, right = (
-        int(rows[0].item()),
-        int(rows[-1].item()) + 1,
-        int(cols[0].item()),
-        int(cols[-1].item()) + 1,
+def surface_terms(y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """1, x, y, x², y², xy for points (y, x) in -1..1: a quadratic light field's terms (N, 6)."""
+    return np.stack([np.ones_like(x), x, y, x * x, y * y, x * y], axis=-1)
+
+
+def fit_surface(colours: Plane) -> NDArray[np.float64]:
+    """The coefficients (6, C) of a quadratic surface fitted to the border ring of each channel,
+    robustly: each fit only to the pixels the previous one (at first, the border's median) missed
+    by at most 3 robust noises (at least 2 grey levels), so an object reaching the border does
+    not bend the surface."""
+    rows, cols = np.nonzero(ring(colours.shape))
+    terms = surface_terms(coordinates(colours.shape[0])[rows], coordinates(colours.shape[1])[cols])
+    values = colours[rows, cols].astype(np.float64)
+    guess = np.broadcast_to(np.median(values, axis=0), values.shape)
+    coefficients = np.zeros((terms.shape[1], values.shape[1]))
+    coefficients[0] = guess[0]
+    for _ in range(2):
+        residual = np.abs(values - guess).max(axis=1)
+        keep = residual <= max(3 * robust_noise(residual), 2.0)
+        if keep.sum() < terms.shape[1] * 4:
+            break
+        # the 6x6 normal equations, summed without BLAS (its threads cost more than the sums)
+        a, b = terms[keep], values[keep]
+        coefficients = np.linalg.solve(
+            np.einsum("ni,nj->ij", a, a) + 1e-9 * np.eye(6), np.einsum("ni,nc->ic", a, b)
+        )
+        guess = np.einsum("ni,ic->nc", terms, coefficients)
+    return np.asarray(coefficients, dtype=np.float64)
+
+
+def light_field(
+    coefficients: NDArray[np.float64], shape: tuple[int, ...], box: Box | None = None
+) -> NDArray[np.float64]:
+    """The fitted field (H, W, C) over `box` (default: all) of a picture of `shape`."""
+    height, width = shape[:2]
+    top, left, bottom, right = box or (0, 0, height, width)
+    y = coordinates(height)[top:bottom, None, None]
+    x = coordinates(width)[None, left:right, None]
+    a, bx, by, bxx, byy, bxy = coefficients
+    return np.asarray(a + bx * x + by * y + bxx * x * x + byy * y * y + bxy * x * y, np.float64)
+
+
+def even_light(
+    colours: Plane,
+    coefficients: NDArray[np.float64],
+    shape: tuple[int, ...] | None = None,
+    box: Box | None = None,
+) -> Plane:
+    """`colours` with the fitted light field replaced by its mean: a gradient or a vignette
+    across the frame flattened to one background colour. `colours` may be the part `box` of a
+    picture of `shape`."""
+    field_ = light_field(coefficients, shape or colours.shape, box)
+    level = coefficients[0] + (coefficients[3] + coefficients[4]) / 3  # the field's mean
+    return np.asarray(np.clip(colours - field_ + level, 0, 255), dtype=np.float32)
+
+
+def distance(colours: Plane, colour: NDArray[np.floating]) -> Plane:
+    """Each pixel's colour distance from `colour`, scaled so that a grey pixel's is its
+    difference in grey levels: ||pixel - colour|| / sqrt(channels)."""
+    difference = colours - colour.astype(np.float32)
+    return np.asarray(np.sqrt((difference * difference).mean(axis=-1)), dtype=np.float32)
+
+
+def smooth(colours: Plane) -> Plane:
+    return np.asarray(
+        filters.gaussian(colours, sigma=BLUR, channel_axis=-1, preserve_range=True),
+        dtype=np.float32,
     )
+
+
+def border_noise(colours: Plane) -> float:
+    """The background's noise: the robust standard deviation (`robust_noise`) of each channel of
+    the border ring, their root mean square (so a grey picture's is its grey levels')."""
+    border = colours[ring(colours.shape)]
+    per_channel = [robust_noise(border[:, c]) for c in range(border.shape[1])]
+    return float(np.sqrt(np.mean(np.square(per_channel))))
+
+
+def find_background(small: Plane) -> tuple[Background, NDArray[np.float64] | None]:
+    """The background of the working copy `small`, and the light field's coefficients when
+    uneven light was evened (None when it was left alone)."""
+    keep, evened = False, small
+    if border_noise(small) > 0:  # half the border or more one colour: nothing to even out
+        coefficients = fit_surface(small)
+        coarse = light_field(coefficients, (17, 17))  # the field's range, on a coarse grid
+        variation = float(np.ptp(coarse @ luma_weights(small.shape[2])))
+        evened = even_light(small, coefficients)
+        keep = variation > max(EVEN_MIN, 3 * border_noise(evened))
+        if not keep:
+            evened = small
+    colour = np.median(evened[ring(small.shape)], axis=0)
+    noise = border_noise(evened)
+    if noise > 0:  # the threshold is applied to the smoothed picture: measure its noise
+        noise = border_noise(smooth(evened))
+    return (
+        Background(
+            [round(float(c), 2) for c in colour],
+            round(luminance(colour), 2),
+            round(noise, 3),
+            round(max(float(OBJECT_LEVEL), NOISE_K * noise), 2),
+            keep,
+        ),
+        coefficients if keep else None,
+    )
+
+
+def luma_weights(channels: int) -> NDArray[np.float64]:
+    """Pillow's luminance weights for 3 channels (1 for one)."""
+    return np.array([0.299, 0.587, 0.114]) if channels == 3 else np.ones(1)
+
+
+def luminance(colour: NDArray[np.floating]) -> float:
+    """Pillow's luminance of one colour (its value, for one channel)."""
+    if len(colour) == 1:
+        return float(colour[0])
+    return float(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2])
+
+
+# --------------------------------------------------------------------------------------------
+# The object: contrast, mask, turn, box
+# --------------------------------------------------------------------------------------------
+
+
+def contrast(colours: Plane, background: Background, invert: str) -> Plane:
+    """A light-on-black picture of the object (float32 (H, W), 0..255).
+
+    `invert="auto"`: each pixel's colour distance from the background's colour, so a dark object
+    on white, a light one on black and a blue one on a grey table of the same luminance all come
+    out light on black (a dataset image, black around a grey object, is its own distance).
+    `"true"` / `"false"`: the luminance inverted or not, its background level made black (the
+    levels above it stretched onto 0..255) when that level is dark, left as is when it is light.
+    """
+    if invert == "auto":
+        return distance(colours, np.asarray(background.colour))
+    gray = colours.mean(axis=-1) if colours.shape[2] == 1 else colours @ _LUMA
+    level = background.level
+    if invert == "true":
+        gray, level = 255 - gray, 255 - level
+    if level == 0 or level > MID_GREY:
+        return np.asarray(gray, dtype=np.float32)
+    return np.asarray(np.clip(gray - level, 0, None) * (255 / (255 - level)), dtype=np.float32)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def object_mask(seen: Plane, threshold: float) -> Mask:
+    """The object in a contrast picture: the pixels above `threshold`, opened (a 3x3 square) on
+    pictures of 100 pixels or more to drop specks of noise or texture, then the largest connected
+    component with every component whose box lies within `NEAR` of its box, holes filled. Empty
+    when no pixel is above the threshold."""
+    mask = seen > threshold
+    if min(mask.shape) >= 100:
+        mask = ndimage.binary_opening(mask, np.ones((3, 3), dtype=bool))
+    labels, count = measure.label(mask, connectivity=2, return_num=True)
+    if count == 0:
+        return mask
+    boxes = ndimage.find_objects(labels)  # (rows, columns) slices, one per label 1..count
+    main = slices_box(boxes[int(np.bincount(labels.ravel())[1:].argmax())])
+    top, left, bottom, right = main
+    gap = NEAR * max(bottom - top, right - left)
+    kept = [
+        label
+        for label, found in enumerate(map(slices_box, boxes), start=1)
+        if found[0] <= bottom + gap
+        and found[2] >= top - gap
+        and found[1] <= right + gap
+        and found[3] >= left - gap
+    ]
+    return filled(np.isin(labels, kept))
+
+
+def filled(mask: Mask) -> Mask:
+    """`mask` with its holes filled: the background's components that do not reach the
+    picture's edge (one labelling, where ndimage.binary_fill_holes dilates again and again)."""
+    outside, _ = ndimage.label(~mask)
+    edges = np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])
+    return ~np.isin(outside, edges[edges > 0])
+
+
+def slices_box(found: tuple[slice, ...] | None) -> Box:
+    """A box from ndimage.find_objects' slices."""
+    assert found is not None  # every label from 1 to the count has pixels
+    rows, cols = found[0], found[1]
+    return int(rows.start), int(cols.start), int(rows.stop), int(cols.stop)
+
+
+def without_shadow(mask: Mask, seen: Plane) -> Mask:
+    """`mask` less what lies further than `CORE_REACH` from its core: the pixels above
+    `CORE_SHARE` of its brightest (99th percentile) contrast, holes filled. A soft shadow beside
+    the object is faint and reaches further out than the object's own faint edges do; faint parts
+    inside the object are enclosed by its core. Left as it is when the mask touches the picture's
+    edge: a picture cropped tight to its object, as the dataset's are, has no room for a
+    shadow."""
+    top, left, bottom, right = mask_box(mask)
+    if not mask.any() or min(top, left) == 0 or bottom == mask.shape[0] or right == mask.shape[1]:
+        return mask
+    core = mask & (seen > CORE_SHARE * float(np.percentile(seen[mask], 99)))
+    top, left, bottom, right = mask_box(core)
+    reach = max(1, round(CORE_REACH * max(bottom - top, right - left)))
+    near = ndimage.binary_dilation(filled(core), np.ones((3, 3), dtype=bool), iterations=reach)
+    return np.asarray(mask & near, dtype=bool)
+
+
+def mask_box(mask: Mask) -> Box:
+    """(top, left, bottom, right) of the mask's pixels (the whole picture for an empty mask)."""
+    if not mask.any():
+        return 0, 0, mask.shape[0], mask.shape[1]
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def with_margin(box: Box, shape: tuple[int, ...]) -> Box:
+    """`box` widened by `MARGIN` of its longest side, kept inside the picture."""
+    top, left, bottom, right = box
     margin = int(MARGIN * max(bottom - top, right - left))
-    height, width = pixels.shape
     return (
         max(top - margin, 0),
         max(left - margin, 0),
-        min(bottom + margin, height),
-        min(right + margin, width),
+        min(bottom + margin, shape[0]),
+        min(right + margin, shape[1]),
     )
 
 
-def crop(pixels: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+_ANGLES = np.radians(np.arange(-TURN_LIMIT, TURN_LIMIT + 0.25, 0.5))
+
+
+def turn_of(mask: Mask) -> float:
+    """The turn (degrees, counter-clockwise positive) that makes the object's enclosing box
+    smallest, when that is clear: at least `TURN_MIN` and shrinking the box's area to `TURN_GAIN`
+    of the upright box's or less; else 0. The dataset's objects fill an upright box (their
+    smallest box is upright for over 90% of every class), so a clear turn is a turned photo."""
+    edge = mask & ~ndimage.binary_erosion(mask)
+    rows, cols = np.nonzero(edge)
+    if len(rows) < 8:
+        return 0.0
+    cos, sin = np.cos(_ANGLES)[:, None], np.sin(_ANGLES)[:, None]
+    across = cols[None] * cos + rows[None] * sin
+    down = rows[None] * cos - cols[None] * sin
+    areas = (np.ptp(across, axis=1) + 1) * (np.ptp(down, axis=1) + 1)
+    best, upright = int(areas.argmin()), len(_ANGLES) // 2
+    angle = float(np.degrees(_ANGLES[best]))
+    if abs(angle) < TURN_MIN or areas[best] > TURN_GAIN * areas[upright]:
+        return 0.0
+    return angle
+
+
+def turned(values: Plane, angle: float) -> Plane:
+    """`values` (H, W) turned by `angle` degrees about its centre, the canvas grown to hold it
+    all, the new corners black (bilinear)."""
+    image = Image.fromarray(values.astype(np.float32), "F")
+    return np.asarray(
+        image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=0.0),
+        dtype=np.float32,
+    )
+
+
+def crop(pixels: Tensor, box: Box) -> Tensor:
     top, left, bottom, right = box
     return pixels[top:bottom, left:right]
+
+
+# --------------------------------------------------------------------------------------------
+# Into 28x28
+# --------------------------------------------------------------------------------------------
 
 
 def fit(pixels: Tensor) -> Tensor:
@@ -165,7 +485,8 @@ def fit(pixels: Tensor) -> Tensor:
     if longest == SIDE:
         return pixels
     size = (max(1, round(width * SIDE / longest)), max(1, round(height * SIDE / longest)))
-    return pixels_of(image_of(pixels).resize(size, Image.Resampling.LANCZOS))
+    resized = image_of(pixels).resize(size, Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy())
 
 
 def pad_to_square(pixels: Tensor) -> Tensor:
@@ -180,31 +501,151 @@ def pad_to_square(pixels: Tensor) -> Tensor:
     return square
 
 
+def full_contrast(pixels: Tensor) -> Tensor:
+    """A faint input (brightest pixel under `FULL_CONTRAST`) stretched so that pixel is white:
+    every dataset image has one of 250 or more, and is left as it is."""
+    brightest = int(pixels.max().item())
+    if brightest >= FULL_CONTRAST or brightest == 0:
+        return pixels
+    return (pixels.float() * (255 / brightest)).round().clamp(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole preparation
+# --------------------------------------------------------------------------------------------
+
+
 def prepare(image: Image.Image, settings: PrepareConfig) -> Prepared:
-    """The steps above, in order. `settings.invert`: auto (when `light_background`), true or
-    false; `settings.crop`: trim to the object first (false: fit the whole picture)."""
-    pixels = grayscale(image)
-    inverted = settings.invert == "true" or (settings.invert == "auto" and light_background(pixels))
-    if inverted:
-        pixels = invert(pixels)
-    pixels = black_background(pixels)
-    box = object_box(pixels) if settings.crop else None
-    if box is not None:
-        pixels = crop(pixels, box)
-    return Prepared(pad_to_square(fit(pixels)), inverted, box)
+    """The steps above, in order. `settings.invert`: auto (colour distance from the
+    background), true or false (the grayscale inverted or not); `settings.crop`: find the object
+    and trim to it (false: fit the whole picture)."""
+    colours, gray = planes(image)
+    small, _ = shrunk(colours)
+    background, light = find_background(small)
+    steps: list[tuple[str, NDArray[np.uint8]]] = []
+    if colours.shape[2] == 3:
+        steps.append(("grayscale", as_uint8(shrunk(gray[..., None].astype(np.float32))[0])))
+    if light is not None:
+        small = even_light(small, light)
+        steps.append(("evened", as_uint8(small)))
+    inverted = settings.invert == "true" or (
+        settings.invert == "auto" and background.level > MID_GREY
+    )
+    values = contrast(small, background, settings.invert)
+    if not np.array_equal(values, small[..., 0]):
+        steps.append(("inverted" if inverted else "contrast", as_uint8(values)))
+    seen = values if background.noise == 0 else smooth1(values)
+    found = object_mask(seen, background.threshold)
+    mask = without_shadow(found, seen)
+    clean = background.noise > 0 or not np.array_equal(mask, found)  # black outside the mask
+    failed = failure(mask, colours.shape)
+    box: Box | None = None
+    angle = 0.0
+    if settings.crop:
+        if failed is None:
+            values, box, angle = cut_out(colours, mask, background, light, settings, clean)
+            if angle or box != (0, 0, colours.shape[0], colours.shape[1]):
+                steps.append(("mask", (mask * np.uint8(255)).astype(np.uint8)))
+                steps.append(("turned and cropped" if angle else "crop", as_uint8(values)))
+        else:
+            box = (0, 0, colours.shape[0], colours.shape[1])
+    pixels = full_contrast(pad_to_square(fit(torch.from_numpy(as_uint8(values)))))
+    steps.append(("input", pixels.numpy()))
+    return Prepared(pixels, inverted, box, background, angle, failed, steps)
 
 
-def doubts(pixels: Tensor, top_probability: float) -> list[str]:
+def smooth1(values: Plane) -> Plane:
+    """`smooth` for one plane (H, W)."""
+    return smooth(values[..., None])[..., 0]
+
+
+def cut_out(
+    colours: Plane,
+    mask: Mask,
+    background: Background,
+    light: NDArray[np.float64] | None,
+    settings: PrepareConfig,
+    clean: bool,
+) -> tuple[Plane, Box, float]:
+    """The object's contrast picture at the picture's own resolution, turned upright when it is
+    clearly turned, cropped to its box plus `MARGIN`; that box in the picture's coordinates
+    (before any turn) and the turn. With `clean` (a noisy or textured background, a shadow cut
+    off), what lies outside the (slightly widened) mask is made black: it is not the object."""
+    height, width = colours.shape[:2]
+    down, across = height / mask.shape[0], width / mask.shape[1]
+    top, left, bottom, right = mask_box(mask)
+    box = with_margin(
+        (
+            int(top * down),
+            int(left * across),
+            min(height, round(bottom * down + 0.4999)),
+            min(width, round(right * across + 0.4999)),
+        ),
+        colours.shape,
+    )
+    region = colours[box[0] : box[2], box[1] : box[3]]
+    if light is not None:
+        region = even_light(region, light, colours.shape, box)
+    values = contrast(region, background, settings.invert)
+    inside = region_mask(mask, box, (height, width))
+    if clean:
+        values = np.where(ndimage.binary_dilation(inside, iterations=2), values, 0)
+    angle = turn_of(mask)
+    if angle:
+        values = turned(values, angle)
+        inside = turned(inside.astype(np.float32), angle) > 0.5
+        values = values[slice_of(with_margin(mask_box(inside), values.shape))]
+    return values.astype(np.float32), box, angle
+
+
+def slice_of(box: Box) -> tuple[slice, slice]:
+    return slice(box[0], box[2]), slice(box[1], box[3])
+
+
+def region_mask(mask: Mask, box: Box, shape: tuple[int, int]) -> Mask:
+    """The working copy's mask over `box` of the picture (of `shape`), at the picture's
+    resolution (nearest neighbour)."""
+    if mask.shape == shape:
+        return mask[slice_of(box)]
+    image = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    down, across = mask.shape[0] / shape[0], mask.shape[1] / shape[1]
+    area = (box[1] * across, box[0] * down, box[3] * across, box[2] * down)
+    size = (box[3] - box[1], box[2] - box[0])
+    return np.asarray(image.resize(size, Image.Resampling.NEAREST, box=area)) > 127
+
+
+def failure(mask: Mask, shape: tuple[int, ...]) -> str | None:
+    """Why the object was not found, in words; None when it was. Nothing above the threshold,
+    or, in a large picture, a box of almost all of it (`WHOLE`) with "object" on over a third of
+    its border ring: noise or texture the background's own measure did not cover (a product
+    photo cropped tight touches its border in places, not along it)."""
+    if not mask.any():
+        return "no object found: nothing stands out from the background"
+    top, left, bottom, right = mask_box(mask)
+    share = (bottom - top) * (right - left) / (mask.shape[0] * mask.shape[1])
+    on_border = float(mask[ring(mask.shape)].mean())
+    if max(shape[:2]) >= LARGE and share >= WHOLE and on_border > 1 / 3:
+        return (
+            f"no object found: the object's box is {share:.0%} of the picture and it covers "
+            f"{on_border:.0%} of the border (the background could not be told from it)"
+        )
+    return None
+
+
+def doubts(pixels: Tensor, top_probability: float, failed: str | None = None) -> list[str]:
     """Why a prediction may not be trusted, in words (empty: no reason found); `DOUBT_RULE`.
 
-    An unsure answer (top probability under `UNSURE_BELOW`), or a prepared picture whose mean
-    or standard deviation of pixels lies outside the range of 99% of the training images
-    (`TYPICAL_MEAN`, `TYPICAL_STD`): a picture that bright, that dark or that flat is unlike
-    anything the model was trained on, whatever probability it gives. Never blocks a prediction.
+    An unsure answer (top probability under `UNSURE_BELOW`), a preparation that found no object,
+    or a prepared picture whose mean or standard deviation of pixels lies outside the range of 99%
+    of the training images (`TYPICAL_MEAN`, `TYPICAL_STD`): a picture that bright, that dark or
+    that flat is unlike anything the model was trained on, whatever probability it gives. Never
+    blocks a prediction.
     """
     found = []
     if top_probability < UNSURE_BELOW:
         found.append(f"unsure: top probability {top_probability:.2f} < {UNSURE_BELOW}")
+    if failed:
+        found.append(failed)
     scaled = pixels.float() / 255
     for name, value, (low, high) in (
         ("mean", scaled.mean().item(), TYPICAL_MEAN),

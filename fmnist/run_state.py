@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fmnist import checkpoint, distributed
+from fmnist import checkpoint, distributed, ood
 from fmnist.engine import Metrics, Position, Training
 from fmnist.errors import Interrupted
 from fmnist.files import write_text_atomically
@@ -122,11 +122,16 @@ class Checkpoints:
             self.training.ema.load_state_dict(best["ema"])
         return best
 
-    def finish(self, best: dict[str, Any], metrics: dict[str, Any]) -> None:
-        """best.pt gets the run's final metrics, then metrics.json marks the run finished."""
+    def finish(
+        self, best: dict[str, Any], metrics: dict[str, Any], threshold: ood.Threshold | None
+    ) -> None:
+        """best.pt gets the run's final metrics and the threshold of its out-of-distribution
+        flag (fitted on rank 0: None on the others), then metrics.json marks the run
+        finished."""
         if not self.writes:
             return
-        checkpoint.save(self.directory / "best.pt", **{**best, "metrics": metrics})
+        extra = {"ood": threshold.as_dict()} if threshold is not None else {}
+        checkpoint.save(self.directory / "best.pt", **{**best, "metrics": metrics, **extra})
         text = json.dumps(metrics, indent=2) + "\n"
         write_text_atomically(self.directory.parent / "metrics.json", text)
 

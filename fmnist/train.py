@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from fmnist import distributed, run_state, runs, sweeps
+from fmnist import distributed, ood, run_state, runs, sweeps
 from fmnist.config import validate
 from fmnist.engine import (
     Compute,
@@ -116,7 +116,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **progress.summary(settings.max_epochs * data.train.num_samples),
         }
         report.test(training, position.step, test, metrics)
-    checkpoints.finish(best, metrics)
+    threshold = None
+    if distributed.is_main():  # one rank measures; the others only wait for the group's end
+        threshold = ood.fit_run(training.evaluated_module, config, training.compute)
+    checkpoints.finish(best, metrics, threshold)
     log.info(
         "test loss %.4f acc %.4f (weights of epoch %d); run saved in %s",
         test.loss,

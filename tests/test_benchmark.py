@@ -19,6 +19,7 @@ QUICK = [
     "agreement_steps=3",
     'presets=[smoke,"experiment=smoke seed=3"]',
     "preset_repeats=1",
+    "photos=2",
 ]
 
 
@@ -42,6 +43,9 @@ def test_quick_benchmark_writes_every_figure(data_root, tmp_path):
     assert "preset smoke (1 run)" in result.stdout
     assert [row["target"] for row in results["time_to_accuracy"]] == list(TARGETS)
     assert "time to 91% test accuracy" in result.stdout and "not reached" in result.stdout
+    photos = results["phone_photos"]
+    assert photos["photos"] == 2 and photos["size"] == "4032x3024" and photos["seconds"] > 0
+    assert "read+prepare+predict 2 JPEGs 4032x3024" in result.stdout
 
 
 def test_time_to_accuracy_takes_the_quickest_preset_reaching_each_target():

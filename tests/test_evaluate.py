@@ -78,7 +78,7 @@ def test_eval_json_reproduces_the_training_metrics(run, evaluated):
 
 
 def test_report_prints_everything(run, evaluated):
-    _, stdout = evaluated
+    out, stdout = evaluated
     metrics = json.loads((run / "metrics.json").read_text())
     assert f"Accuracy: {metrics['test_acc']:.4f}" in stdout
     assert "fmnist.losses.cross_entropy" in stdout and "nn.CrossEntropyLoss" in stdout
@@ -87,6 +87,10 @@ def test_report_prints_everything(run, evaluated):
     assert "precision  recall      F1  support" in stdout
     assert "Confusion matrix" in stdout and "Most confused (true -> predicted):" in stdout
     assert all(name in stdout for name in data.CLASSES)
+    flag = json.loads((out / "eval.json").read_text())["ood"]
+    assert flag["threshold"] == checkpoint.load(run)["ood"]["threshold"]
+    assert 0 <= flag["flagged"] < 0.1  # the test split: near the 2.5% of training images
+    assert f"The model's own flag (energy above {flag['threshold']:.2f}) marks " in stdout
 
 
 def test_val_split_reproduces_the_recorded_val_accuracy(run, tmp_path):

@@ -41,6 +41,9 @@ def test_onnx_checker_and_metadata(trained_run, exported):
     assert meta["tta"] == "flip" and meta["tta_in_graph"].startswith("no")
     assert meta["normalization"] == f"inside the graph: (image - {data.MEAN}) / {data.STD}"
     assert meta["checkpoint"] == str(trained_run / "checkpoints" / "best.pt")
+    stored = checkpoint.load(trained_run)["ood"]
+    assert float(meta["ood_threshold"]) == stored["threshold"] and stored["score"] == "energy"
+    assert meta["ood_score"].startswith("energy: -logsumexp(logits)")
     (graph_input,) = model.graph.input
     (graph_output,) = model.graph.output
     assert (graph_input.name, graph_output.name) == ("image", "logits")
@@ -97,6 +100,16 @@ def test_parity_on_1000_test_images(exported, reference, fmt):
     )
     assert agreement >= 0.999
     assert difference < 1e-4
+
+
+def test_a_checkpoint_without_a_threshold_exports_without_one(trained_run, tmp_path):
+    old = checkpoint.load(trained_run)
+    del old["ood"]
+    checkpoint.save(tmp_path / "old.pt", **old)
+    done = export.export_checkpoint(str(tmp_path / "old.pt"), "onnx", tmp_path)
+    assert "ood_threshold" not in done["metadata"]
+    assert export.load_onnx(done["path"]).ood_threshold is None
+    assert "no ood_threshold: the checkpoint has none" in export.summary(done)
 
 
 def test_the_script_says_what_it_checked(trained_run, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -54,37 +55,66 @@ def test_a_16_bit_picture_is_scaled_to_8_bits(tmp_path):
             assert torch.equal(P.grayscale(image), expected)
 
 
-def test_inversion_is_decided_by_the_border():
+def test_the_background_is_measured_on_the_border_robustly():
     dark_on_light = picture(40, 30, 240, (5, 5, 35, 25), 20)
-    assert P.light_background(dark_on_light)
-    assert not P.light_background(P.invert(dark_on_light))
-    # A large light object whose border is mostly black is not inverted, whatever its area.
-    big_light_object = picture(40, 30, 0, (1, 1, 39, 29), 255)
-    assert big_light_object.float().mean() > 200 and not P.light_background(big_light_object)
-    assert torch.equal(P.invert(P.invert(dark_on_light)), dark_on_light)
-    assert P.background_level(picture(10, 10, 0, (0, 0, 10, 4), 200)) == 0  # 12 of 36: median 0
+    found, light = P.find_background(P.planes(P.image_of(dark_on_light))[0])
+    assert found.colour == [240.0] and found.level == 240 and found.noise == 0 and light is None
+    assert found.threshold == P.OBJECT_LEVEL  # a flat border: the dataset's closeness
+    # An object covering a third of the border moves neither the level nor the noise.
+    reaching = picture(30, 30, 0, (0, 0, 30, 10), 200)
+    found, _ = P.find_background(P.planes(P.image_of(reaching))[0])
+    assert found.colour == [0.0] and found.noise == 0
+    # Noise of standard deviation 12, measured after the smoothing the threshold is applied to.
+    rng = np.random.default_rng(0)
+    noisy = (200 + rng.normal(0, 12, (300, 400, 1))).astype(np.float32)
+    found, _ = P.find_background(noisy)
+    smoothed = P.smooth(noisy)[..., 0].std()
+    assert found.noise == pytest.approx(smoothed, rel=0.1) and 2 < found.noise < 6
+    assert found.threshold == pytest.approx(P.NOISE_K * found.noise, abs=0.01)
 
 
-def test_black_background():
-    grey = picture(20, 20, 60, (5, 5, 15, 15), 255)
-    black = P.black_background(grey)
-    assert black[0, 0].item() == 0 and black[10, 10].item() == 255
-    middle = picture(20, 20, 60, (5, 5, 15, 15), 160)
-    assert P.black_background(middle)[10, 10].item() == round(100 * 255 / 195)
-    on_black = picture(20, 20, 0, (5, 5, 15, 15), 100)
-    assert torch.equal(P.black_background(on_black), on_black)
-    light = picture(20, 20, 200, (5, 5, 15, 15), 30)  # invert=false on a light picture
-    assert torch.equal(P.black_background(light), light)
+def test_contrast_makes_the_object_light_on_black():
+    background = P.Background([240.0], 240.0, 0.0, 13.0, False)
+    dark_on_light = np.array([[[240.0], [20.0]]], dtype=np.float32)
+    assert P.contrast(dark_on_light, background, "auto").tolist() == [[0.0, 220.0]]
+    inverted = P.contrast(dark_on_light, background, "true")  # 255 - 20, its level 15 made black
+    assert inverted.tolist() == [[0.0, pytest.approx((235 - 15) * 255 / 240)]]
+    assert P.contrast(dark_on_light, background, "false").tolist() == [[240.0, 20.0]]  # as is
+    grey = P.Background([60.0], 60.0, 0.0, 13.0, False)  # a dark grey background becomes black
+    stretched = P.contrast(np.array([[[60.0], [160.0]]], dtype=np.float32), grey, "false")
+    assert stretched.tolist() == [[0.0, pytest.approx(100 * 255 / 195)]]
+    # A blue pixel on a grey of the same luminance: no difference in grey levels, a clear one in
+    # colour (the distance of a grey pixel is its difference in grey levels).
+    blue, table = np.array([40.0, 80.0, 200.0]), np.full(3, 0.299 * 40 + 0.587 * 80 + 0.114 * 200)
+    pixels = np.array([[table, blue]], dtype=np.float32)
+    on_table = P.Background(table.tolist(), float(table[0]), 0.0, 13.0, False)
+    assert P.contrast(pixels, on_table, "auto")[0, 1] > 60
+    assert P.luminance(blue) == pytest.approx(P.luminance(table))
 
 
-def test_object_box_with_margin():
-    pixels = picture(300, 200, 0, (50, 40, 250, 120), 200)  # 200 x 80: margin int(0.02 * 200)
-    assert P.object_box(pixels) == (46, 36, 254, 124)
-    assert torch.equal(P.crop(pixels, (46, 36, 254, 124)), pixels[46:254, 36:124])
-    assert P.object_box(picture(300, 200, 0, (0, 0, 250, 200), 200)) == (0, 0, 255, 200)  # inside
-    assert P.object_box(picture(28, 28, 0, (3, 5, 20, 9), 200)) == (3, 5, 20, 9)  # 0 margin at 28
-    faint = picture(30, 30, 0, (10, 10, 20, 20), P.OBJECT_LEVEL)  # not clearly brighter
-    assert P.object_box(faint) == (0, 0, 30, 30)  # nothing found: the whole picture
+def test_the_mask_keeps_the_object_and_what_lies_near_it():
+    values = np.zeros((200, 200), dtype=np.float32)
+    values[40:160, 50:80] = 200  # a trouser's two legs, 12 pixels apart
+    values[40:160, 92:122] = 200
+    values[10:12, 190:192] = 200  # a speck far away: dropped (and opened away)
+    values[100:110, 60:70] = 0  # a hole: filled
+    mask = P.object_mask(values, 13)
+    assert P.mask_box(mask) == (40, 50, 160, 122)
+    assert mask[105, 65] and not mask[100, 86] and not mask[11, 191]
+    assert not P.object_mask(np.zeros((50, 50), dtype=np.float32), 13).any()
+    assert P.with_margin((50, 40, 250, 120), (300, 200)) == (46, 36, 254, 124)  # 2% of 200
+    assert P.with_margin((0, 0, 250, 200), (300, 200)) == (0, 0, 255, 200)  # inside
+    assert P.with_margin((3, 5, 20, 9), (28, 28)) == (3, 5, 20, 9)  # 0 margin at 28
+
+
+def test_a_clear_turn_is_found_and_a_square_box_is_not_turned():
+    upright = picture(300, 300, 0, (60, 110, 240, 190), 255)
+    for degrees in (5.0, -8.0, 12.0):
+        tilted = np.asarray(P.image_of(upright).rotate(degrees, Image.Resampling.BILINEAR)) > 127
+        assert P.turn_of(tilted) == pytest.approx(-degrees, abs=0.75)
+    assert P.turn_of(upright.numpy() > 127) == 0.0
+    barely = np.asarray(P.image_of(upright).rotate(1.0, Image.Resampling.BILINEAR)) > 127
+    assert P.turn_of(barely) == 0.0  # under TURN_MIN: left alone
 
 
 def test_fit_then_pad_to_a_centred_square():
@@ -115,7 +145,10 @@ def test_prepare_a_dark_object_off_centre_on_white():
         140 + margin,
         260 + margin,
     )
+    assert prepared.failed is None and prepared.turned == 0
+    assert [name for name, _ in prepared.steps] == ["inverted", "mask", "crop", "input"]
     out = prepared.pixels
+    assert torch.equal(torch.from_numpy(prepared.steps[-1][1]), out)
     assert out.shape == (28, 28) and out.dtype == torch.uint8
     columns = out.float().mean(0)
     assert columns[:7].max() == 0 and columns[21:].max() == 0  # black padding either side
@@ -124,8 +157,71 @@ def test_prepare_a_dark_object_off_centre_on_white():
     assert whole[:, :4].max() == 0 and whole[:, 25:].max() == 0 and whole[20, 10] == 0
     assert whole[2:9, 19:21].float().mean() > 250  # the object: rows 1.4..9.8, columns 18..22
     kept = P.prepare(image, PrepareConfig(invert="false"))
-    assert not kept.inverted and kept.box == (0, 0, 400, 300)  # all of it brighter than black
+    assert not kept.inverted and kept.box == (0, 0, 400, 300)  # all of it "object": failed
+    assert kept.failed is not None and kept.failed.startswith("no object found: the object's box")
     assert kept.pixels[20, 10] == 255 and kept.pixels[5, 20] < 10  # still dark on light
+
+
+def photo(rng: np.random.Generator, background, noise: float = 0.0, size=(300, 400)):
+    """A 120 x 60 garment-like rectangle (dark, its middle lighter) at rows 90..210, columns
+    250..310 of a `size` picture whose background is `background` (a number, an (H, W) array or
+    an RGB triple), with Gaussian noise."""
+    height, width = size
+    base = np.broadcast_to(np.asarray(background, dtype=np.float64), (height, width, 3)).copy()
+    base[90:210, 250:310] = 30
+    base[120:180, 270:290] = 90
+    base += rng.normal(0, noise, base.shape) if noise else 0
+    return Image.fromarray(np.clip(np.rint(base), 0, 255).astype(np.uint8), "RGB")
+
+
+TRUE_BOX = (90, 250, 210, 310)
+
+
+def within(box, expected=TRUE_BOX, pixels=4) -> bool:
+    return all(abs(a - b) <= pixels for a, b in zip(box, expected, strict=True))
+
+
+def test_noise_a_gradient_and_a_colour_of_the_same_luminance_do_not_hide_the_object():
+    rng = np.random.default_rng(0)
+    noisy = P.prepare(photo(rng, 235, noise=12), PrepareConfig())
+    assert within(noisy.box) and noisy.background.noise > 0 and noisy.failed is None
+    assert noisy.pixels[:, :7].max() == 0 and noisy.pixels[:, 22:].max() == 0  # no noise kept
+    _, x = np.mgrid[0:300, 0:400]
+    light = 250 - 110 * x / 400  # from 250 on the left to 140 on the right
+    evened = P.prepare(photo(rng, light[..., None]), PrepareConfig())
+    assert evened.background.evened and within(evened.box)
+    assert [name for name, _ in evened.steps][:3] == ["grayscale", "evened", "inverted"]
+    # A dark blue object on a grey table of its luminance: in grey levels, nothing to see.
+    blue = np.zeros((300, 400, 3)) + 0.299 * 40 + 0.587 * 80 + 0.114 * 200
+    blue[90:210, 250:310] = (40, 80, 200)
+    image = Image.fromarray(np.rint(blue).astype(np.uint8), "RGB")
+    assert np.ptp(np.asarray(image.convert("L"))) <= 1
+    found = P.prepare(image, PrepareConfig())
+    assert within(found.box, pixels=3) and found.pixels.max() == 255  # 2: the margin
+
+
+def test_a_small_object_in_a_large_picture(tmp_path):
+    rng = np.random.default_rng(1)
+    large = photo(rng, 230, noise=4, size=(1200, 1600))  # the object a tenth of the height
+    prepared = P.prepare(large, PrepareConfig())
+    assert within(prepared.box, pixels=10)  # 3 pixels of the working copy
+    assert prepared.steps[0][1].shape == (384, 512)  # shown at the working copy's size
+
+
+def test_failed_preparations_are_said_and_flagged():
+    flat = P.prepare(Image.new("RGB", (300, 200), (120, 160, 30)), PrepareConfig())
+    assert flat.failed == "no object found: nothing stands out from the background"
+    assert flat.box == (0, 0, 200, 300)
+    noise = np.random.default_rng(0).integers(0, 256, (200, 300), dtype=np.uint8)
+    scattered = P.prepare(Image.fromarray(noise), PrepareConfig())
+    assert scattered.failed is not None and scattered.failed.startswith("no object found")
+    assert P.doubts(flat.pixels, 0.9, flat.failed)[0] == flat.failed
+    tiny = P.prepare(Image.new("L", (3, 3), 0), PrepareConfig())
+    assert tiny.pixels.shape == (28, 28) and tiny.failed is not None
+    long = np.full((20, 4000), 255, dtype=np.uint8)
+    long[5:15, 1000:3000] = 0
+    elongated = P.prepare(Image.fromarray(long), PrepareConfig())
+    assert elongated.box is not None and elongated.pixels.shape == (28, 28)
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +232,18 @@ def test_images(data_root) -> tuple[Tensor, Tensor]:
 def test_a_dataset_image_comes_out_nearly_unchanged(test_images):
     images, _ = test_images
     images = images[:1000]
-    prepared = torch.stack([P.prepare(P.image_of(x), PrepareConfig()).pixels for x in images])
+    prepared_all = [P.prepare(P.image_of(x), PrepareConfig()) for x in images]
+    prepared = torch.stack([p.pixels for p in prepared_all])
     difference = (prepared.int() - images.int()).abs()
     identical = difference.flatten(1).amax(1).eq(0).float().mean().item()
     # Most are untouched; the others had an object a pixel short of the frame and are fitted
-    # to it again (measured: 87.8% identical, mean |difference| 2.0 of 255).
+    # to it again, or a clear turn turned back (measured: 87.3% identical, mean |difference|
+    # 2.2 of 255; before issue 26: 87.8% and 2.0).
     assert identical >= 0.85
     assert difference.float().mean().item() < 2.5
-    assert not any(P.light_background(x) for x in images)  # none inverted
+    assert (
+        not any(p.inverted for p in prepared_all) and sum(p.turned != 0 for p in prepared_all) < 10
+    )
 
 
 def test_doubts(test_images):

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from fmnist import data
 from fmnist.errors import UserError
-from fmnist.predict import Picture, Prediction, Predictor, predict_pictures, read_picture
-from fmnist.prepare import grayscale, image_of, prepare
+from fmnist.predict import Prediction, Predictor, picture_of, predict_pictures, read_picture
+from fmnist.prepare import grayscale, image_of
 from fmnist.report import figures
 from fmnist.script_configs import PrepareConfig
 from fmnist.snapshot import report
@@ -135,9 +135,7 @@ class Pictures:
     def predict(
         self, image: Image.Image, source: str, settings: PrepareConfig, target: int | None
     ) -> Result:
-        thumbnail = image.convert("RGBA")
-        thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
-        picture = Picture(Path(source), thumbnail, prepare(image, settings))
+        picture = picture_of(image, Path(source), settings, THUMBNAIL)
         (prediction,) = predict_pictures(self.predictor, [picture], target)
         return Result(prediction, self.predictor.classes, source)
 

@@ -151,44 +151,52 @@ def image_and_probabilities(
 
 
 FIGURE_PICTURES = 20  # predictions.png shows at most this many pictures (all are in the json)
+STEP_COLUMNS = 7  # the thumbnail and up to 6 preparation steps per row (the last is the input)
 
 
 def predictions_figure(
-    rows: list[tuple[str, Any, Tensor, list[float], list[str]]],
+    rows: list[tuple[str, Any, list[tuple[str, Any]], list[float], list[str]]],
     classes: list[str],
     target: int | None,
 ) -> Figure:
-    """A row per picture: its thumbnail, the 28x28 input the model saw, and the 10 probabilities
-    (the target class, if given, highlighted). `rows`: (name, thumbnail (a Pillow image),
-    input (uint8, 28x28), q, doubts)."""
+    """A row per picture: its thumbnail, each preparation step that changed it (grayscale,
+    evened, inverted, mask, crop, ...: fmnist.prepare's `Prepared.steps`, the last being the 28x28
+    input the model saw) and the 10 probabilities (the target class, if given, highlighted),
+    with the reasons not to trust it on a line of their own beneath. `rows`: (name, thumbnail (a
+    Pillow image), steps [(name, uint8 array)], q, doubts)."""
+    import textwrap
+
     shown = rows[:FIGURE_PICTURES]
     use_agg()
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        len(shown),
-        3,
-        figsize=(11, 2.7 * len(shown) + 0.6),
-        dpi=80,
-        squeeze=False,
-        gridspec_kw={"width_ratios": [1, 1, 4]},
-    )
-    for (name, thumbnail, pixels, q, doubts), (left, middle, right) in zip(
-        shown, axes, strict=True
-    ):
-        left.imshow(thumbnail)
-        left.set_title(name, fontsize=9)
-        middle.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=255)
-        middle.set_title("what the model saw", fontsize=9)
-        for ax in (left, middle):
+    fig = plt.figure(figsize=(17, 2.9 * len(shown) + 0.6), dpi=70)
+    outer = fig.add_gridspec(len(shown), 1, hspace=0.55)
+    for row, (name, thumbnail, steps, q, doubts) in enumerate(shown):
+        inner = outer[row].subgridspec(
+            2, STEP_COLUMNS + 1, height_ratios=[5, 1], width_ratios=[1] * STEP_COLUMNS + [4]
+        )
+        pictures = [(name, thumbnail), *steps[-(STEP_COLUMNS - 1) :]]
+        for column, (caption, picture) in enumerate(pictures):
+            ax = fig.add_subplot(inner[0, column])
+            last = column == len(pictures) - 1
+            if getattr(picture, "ndim", 3) == 2:
+                ax.imshow(picture, cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(picture)
+            ax.set_title("input (what the model saw)" if last else caption, fontsize=8)
             ax.axis("off")
-        probability_bars(right, q, classes, target, 2)
+        bars = fig.add_subplot(inner[0, STEP_COLUMNS])
+        probability_bars(bars, q, classes, target, 2)
         top = max(range(len(q)), key=q.__getitem__)
-        warning = "\n! " + "; ".join(doubts) if doubts else ""
-        right.set_title(f"{classes[top]} {q[top]:.3f}{warning}", fontsize=9)
+        bars.set_title(f"{classes[top]} {q[top]:.3f}", fontsize=9)
+        note = fig.add_subplot(inner[1, :])
+        note.axis("off")
+        if doubts:
+            wrapped = textwrap.fill("! " + "; ".join(doubts), 190)
+            note.text(0, 0.2, wrapped, fontsize=8, color="tab:red", va="center", ha="left")
     more = f" (the first {len(shown)} of {len(rows)})" if len(rows) > len(shown) else ""
-    fig.suptitle(f"Predictions{more}", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(f"Predictions{more}: each picture, the steps that prepared it, the model's q")
     return fig
 
 

@@ -38,6 +38,13 @@ def evaluation(r: dict[str, Any]) -> str:
     else:
         verdict = "reproduced exactly" if r["reproduces_recorded_accuracy"] else "DIFFERS"
         lines.append(f"Training recorded {r['split']}_acc {recorded:.4f}: {verdict}.")
+    flag = r["ood"]
+    lines.append(
+        f"The model's own flag (energy above {flag['threshold']:.2f}) marks {flag['flagged']:.1%} "
+        "of these images as unlike its training images."
+        if flag["threshold"] is not None
+        else flag["rule"]
+    )
     return "\n".join([*lines, *_per_class(r), *_confusion(r), *_most_confused(r)])
 
 
@@ -99,6 +106,7 @@ def predictions(r: dict[str, Any], notes: list[str]) -> str:
         f"Pictures prepared with invert={prepare['invert']}, crop={str(prepare['crop']).lower()} "
         "(fmnist/prepare.py); ! marks a prediction not to trust:",
         textwrap.fill(r["doubt_rule"], 100, initial_indent="  ", subsequent_indent="  "),
+        textwrap.fill(r["ood"]["rule"], 100, initial_indent="  ", subsequent_indent="  "),
         "",
         (f"{'file':<{width}}" + "".join(f"{rank:<{cell}}" for rank in ranks)).rstrip(),
     ]
