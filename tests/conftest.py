@@ -377,12 +377,17 @@ def app_server(trained_run, tmp_path_factory) -> Iterator[AppServer]:
             wait_until_serving(url, server, log_path)
             yield AppServer(url, trained_run, no_validation, cwd)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within 10 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def wait_until_serving(url: str, server: subprocess.Popen, log: Path, timeout: float = 300) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SMOKE, run_script
+from conftest import SMOKE, run_script, stop_server
 from omegaconf import OmegaConf
 
 from fmnist import data
@@ -80,12 +80,7 @@ def board(logdir, tmp_path_factory) -> Iterator[str]:
             wait_until_loaded(url, server, log_path)
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
 
 
 def wait_until_loaded(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> None:
