@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist import data, runs
@@ -50,6 +52,17 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+TRAINED_RUNS = {"trained_run", "sturdier_run"}  # a session fixture that trains: 30 s or more
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a trained run (directly or through another fixture) is slow: the fast
+    tier (`make test-fast`) never trains one, whoever forgets the mark."""
+    for item in items:
+        if TRAINED_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -96,13 +109,16 @@ def run_in_process(script: str, *args: str, cwd: Path | None = None):
 
 
 def _exit_as_a_process_would() -> None:
-    """What the end of a process does for `fmnist.runs`: its locks released (their files closed),
-    its record of the directories it chose forgotten. Without it the next in-process command
-    would find its own earlier run "in use by another process"."""
+    """What the end of a process does: `fmnist.runs`' locks released (their files closed), its
+    record of the directories it chose forgotten, and Hydra's global state (the config dir, the
+    run's HydraConfig) gone. Without it the next in-process command would find its own earlier
+    run "in use by another process", and a later test could lean on this command's Hydra state."""
     for fd in runs._held:
         os.close(fd)
     runs._held.clear()
     runs._before.clear()
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

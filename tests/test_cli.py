@@ -19,6 +19,7 @@ SCRIPTS = {  # a script, and settings of its own that its --help must list
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_lists_only_the_scripts_own_settings(script, tmp_path):
     """Not the training groups (data, loss, optimizer, ...) that Hydra's help lists for every

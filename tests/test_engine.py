@@ -75,6 +75,7 @@ def poisoned_training(poisoned: set[int]):
     return training
 
 
+@pytest.mark.slow
 def test_skipped_steps_leave_a_usable_model_and_the_schedule_in_step(data_root):
     """NaN images in batches 3 and 4 of each epoch: those steps are skipped; BatchNorm counts
     and statistics are as if the batches never came, and the schedule still ends at 0."""

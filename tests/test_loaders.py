@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import run_in_process
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fmnist import data
-from fmnist.benchmark import compose_train
 from fmnist.config import DataConfig
 from fmnist.loaders import DeviceLoader, split_train_val
-from fmnist.train import train
 
 CPU = torch.device("cpu")
 
@@ -100,6 +101,7 @@ def test_validation_is_carved_from_train_and_seeded():
     assert torch.equal(subset, train[:100])
 
 
+@pytest.mark.slow
 def test_both_loader_paths_give_the_same_evaluation_batches(data_root):
     device_path = splits(loader="device", subset=512, val_size=256)
     torch_path = splits(loader="torch", subset=512, val_size=256, num_workers=0)
@@ -126,18 +128,20 @@ def test_both_loader_paths_train_to_the_same_accuracy(data_root, tmp_path):
     for loader in ("device", "torch"):
         runs = []
         for seed in (0, 1):
-            cfg = compose_train(
-                [
-                    "experiment=fast",
-                    "data.subset=6000",
-                    "trainer.max_epochs=3",
-                    f"data.loader={loader}",
-                    "data.num_workers=0",
-                    f"seed={seed}",
-                    "trainer.progress=false",
-                ]
+            run_dir = tmp_path / f"{loader}{seed}"
+            result = run_in_process(
+                "scripts/train.py",
+                "experiment=fast",
+                "data.subset=6000",
+                "trainer.max_epochs=3",
+                f"data.loader={loader}",
+                "data.num_workers=0",
+                f"seed={seed}",
+                "trainer.progress=false",
+                f"hydra.run.dir={run_dir}",
             )
-            runs.append(train(cfg, tmp_path / f"{loader}{seed}")["test_acc"])
+            assert result.returncode == 0, result.stderr
+            runs.append(json.loads((run_dir / "metrics.json").read_text())["test_acc"])
         accuracy[loader] = sum(runs) / len(runs)
     assert min(accuracy.values()) > 0.84, accuracy
     assert abs(accuracy["device"] - accuracy["torch"]) < 0.015, accuracy

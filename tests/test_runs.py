@@ -59,6 +59,7 @@ def test_new_directories_are_never_shared(tmp_path):
     assert all(p.is_dir() for p in (first, second, third))
 
 
+@pytest.mark.slow
 def test_a_claimed_directory_is_refused_to_other_processes(tmp_path):
     assert claim(tmp_path)
     code = (

@@ -34,6 +34,7 @@ def probs_argument(probs: list[float]) -> str:
     return "probs=[" + ",".join(map(str, probs)) + "]"
 
 
+@pytest.mark.slow
 def test_the_seed_probabilities_give_2_4361(tmp_path):
     out = tmp_path / "out"
     result = run_script(SNAPSHOT, probs_argument(SEED_PROBS), "target=4", f"hydra.run.dir={out}")

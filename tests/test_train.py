@@ -357,6 +357,7 @@ def test_histograms_are_there_when_asked_for(data_root, tmp_path):
     assert "gradients/features.0.0.weight" in histograms and "weights/head.3.bias" in histograms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "preset", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
 )
