@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import logging
 import os
 import runpy
 import shlex
@@ -111,8 +112,12 @@ def run_in_process(script: str, *args: str, cwd: Path | None = None):
 def _exit_as_a_process_would() -> None:
     """What the end of a process does: `fmnist.runs`' locks released (their files closed), its
     record of the directories it chose forgotten, and Hydra's global state (the config dir, the
-    run's HydraConfig) gone. Without it the next in-process command would find its own earlier
-    run "in use by another process", and a later test could lean on this command's Hydra state."""
+    run's HydraConfig) gone, and the loggers that Hydra's `disabled` logging switched off (explain,
+    app) on again. Without it the next in-process command would find its own earlier run "in use
+    by another process", and a later test could lean on, or miss, this command's global state."""
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.disabled = False
     for fd in runs._held:
         os.close(fd)
     runs._held.clear()
