@@ -110,11 +110,12 @@ def run_in_process(script: str, *args: str, cwd: Path | None = None):
 
 
 def _exit_as_a_process_would() -> None:
-    """What the end of a process does: `fmnist.runs`' locks released (their files closed), its
-    record of the directories it chose forgotten, and Hydra's global state (the config dir, the
-    run's HydraConfig) gone, and the loggers that Hydra's `disabled` logging switched off (explain,
-    app) on again. Without it the next in-process command would find its own earlier run "in use
-    by another process", and a later test could lean on, or miss, this command's global state."""
+    """What the end of a process undoes, so that no test leans on, or trips over, an earlier
+    in-process command:
+    - the loggers that Hydra's `disabled` logging switched off (explain, app) are on again;
+    - `fmnist.runs`' locks are released (their files closed) and its record of the directories it
+      chose is forgotten (else the next command finds its own run "in use by another process");
+    - Hydra's global state (the config directory, the run's HydraConfig) is gone."""
     for logger in logging.Logger.manager.loggerDict.values():
         if isinstance(logger, logging.Logger):
             logger.disabled = False
