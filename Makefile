@@ -29,10 +29,12 @@ train: data
 	$(PY) scripts/train.py $(ARGS)
 
 # Everything (what CI runs): the notebooks run from a fresh kernel included (--nbmake), with
-# branch coverage of fmnist/ (its floor: pyproject.toml). test-fast skips the notebooks and the
-# tests marked slow: feedback in under a minute.
+# branch coverage of fmnist/ (its floor: pyproject.toml), one pytest-xdist worker per core, each
+# test module kept on one worker (its module fixtures made once). test-fast skips the notebooks
+# and the tests marked slow: feedback in under a minute.
+PARALLEL := -n auto --dist loadscope
 test: data
-	$(PY) -m pytest --nbmake --cov $(ARGS)
+	$(PY) -m pytest $(PARALLEL) --nbmake --cov $(ARGS)
 
 test-fast: data
 	$(PY) -m pytest -m "not slow" $(ARGS)
@@ -40,7 +42,7 @@ test-fast: data
 # The whole suite in three random orders (pytest-randomly): no test may depend on another's
 # leftovers. Each run prints its seed; ARGS="-p randomly --randomly-seed=N" replays one.
 test-random: data
-	for run in 1 2 3; do $(PY) -m pytest --nbmake -p randomly $(ARGS) || exit 1; done
+	for run in 1 2 3; do $(PY) -m pytest $(PARALLEL) --nbmake -p randomly $(ARGS) || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .

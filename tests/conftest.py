@@ -23,12 +23,13 @@ import sys
 import time
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,6 +44,10 @@ except ImportError:  # the `chromium` fixture skips (or fails) before anything n
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
 SMOKE = "experiment=smoke"  # 2 epochs of 8 steps of the default CNN (configs/experiment/smoke.yaml)
+SMOKE_RUN = [SMOKE, "trainer.tta=flip"]  # `trained_run`'s overrides: what continues a copy of it
+# The default CNN cut to 4k parameters (widths 8, 16): for a test that needs a CNN trained, not a
+# good one, it trains and evaluates in a fraction of the time (the runs' fixed costs remain).
+TINY_CNN = "model.widths=[8,16]"
 
 
 class RunsCode:
@@ -212,14 +217,40 @@ def wait_for_checkpoint(
     raise AssertionError(f"no checkpoint at step {step}: {process.poll()=}")
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """`make(path)` once per session, however many pytest-xdist workers ask for it: the first to
+    ask makes it while the others wait on a file lock, and all read the same directory (under the
+    workers' common base directory). A failed `make` fails each asker in turn."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # basetemp is popen-gwN/ inside the session's own directory
+    path, made = root / name, root / f"{name}.made"
+    with FileLock(root / f"{name}.lock"):
+        if not made.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            made.touch()
+    return path
+
+
+def train_into(*overrides: str, timeout: float = 300) -> Callable[[Path], None]:
+    """A `made_once` maker: scripts/train.py with `overrides`, the run in path/run."""
+
+    def make(path: Path) -> None:
+        result = run_script(
+            "scripts/train.py", *overrides, f"hydra.run.dir={path / 'run'}", timeout=timeout
+        )
+        assert result.returncode == 0, result.stderr
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def trained_run(data_root, tmp_path_factory) -> Path:
     """One `experiment=smoke` run through the real script, shared by every test that reads a
-    trained run or its checkpoints (never modify it: copy what you damage)."""
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = run_script("scripts/train.py", SMOKE, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr
-    return run_dir
+    trained run or its checkpoints (never modify it: copy what you damage). With flip TTA, the
+    default (the smoke preset turns it off), so that what reads the run sees a TTA carried on."""
+    return made_once(tmp_path_factory, "smoke", train_into(*SMOKE_RUN)) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -228,16 +259,8 @@ def sturdier_run(data_root, tmp_path_factory) -> Path:
     images (about 90% test accuracy). The smoke run (16 steps, 63%) is too unsettled for either:
     enlarging a picture 4x and shrinking it back alone moves it by 2 to 3 points, and its
     energies barely spread (uniform noise lands inside the test images' range)."""
-    run_dir = tmp_path_factory.mktemp("sturdier") / "run"
-    result = run_script(
-        "scripts/train.py",
-        "experiment=fast",
-        "data.subset=10000",
-        f"hydra.run.dir={run_dir}",
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr
-    return run_dir
+    make = train_into("experiment=fast", "data.subset=10000", timeout=900)
+    return made_once(tmp_path_factory, "sturdier", make) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -383,7 +406,6 @@ def app_server(trained_run, tmp_path_factory) -> Iterator[AppServer]:
         "data.subset=128",
         "data.val_size=0",
         "trainer.max_epochs=1",
-        "trainer.tta=none",
         f"hydra.run.dir={no_validation}",
     )
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import SMOKE, RunsCode, copy_run, png_header, run_in_process, run_script
+from conftest import SMOKE_RUN, RunsCode, copy_run, png_header, run_in_process, run_script
 from omegaconf import OmegaConf
 
 from fmnist import data
@@ -156,7 +156,7 @@ CASES = [
     (TRAIN, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
     (
         TRAIN,
-        ["ckpt_path={smoke_ckpt}", SMOKE, "model=linear"],
+        ["ckpt_path={smoke_ckpt}", *SMOKE_RUN, "model=linear"],
         "was trained with another config (model=small_cnn there, linear now)",
     ),
     (TRAIN, ["ckpt_path={truncated_ckpt}"], "is not a readable checkpoint"),
@@ -169,7 +169,7 @@ CASES = [
     (TRAIN, ["ckpt_path={torch_pickle_ckpt}"], "was refused: it is not a plain fmnist checkpoint"),
     (TRAIN, ["trainer.resume=auto"], "found nothing to resume"),
     (TRAIN, ["-m", "seed=0,1", "trainer.resume=auto"], "found no unfinished sweep under"),
-    (TRAIN, ["ckpt_path={smoke_ckpt}", SMOKE], "has finished (metrics.json exists)"),
+    (TRAIN, ["ckpt_path={smoke_ckpt}", *SMOKE_RUN], "has finished (metrics.json exists)"),
     (TRAIN, ["trainer.max_skipped_in_a_row=0"], "trainer.max_skipped_in_a_row=0 is invalid"),
     (TRAIN, ["optimizer.lr=inf"], "optimizer.lr=inf is invalid: must be > 0 and finite"),
     (TRAIN, ["optimizer.lr=nan"], "optimizer.lr=nan is invalid: must be > 0 and finite"),
@@ -202,7 +202,7 @@ CASES = [
     ),
     (
         TRAIN,
-        [SMOKE, "trainer.resume=auto", "hydra.run.dir={finished_run}"],
+        [*SMOKE_RUN, "trainer.resume=auto", "hydra.run.dir={finished_run}"],
         "error: {finished_run} has finished (metrics.json exists): nothing to resume",
     ),
     (
@@ -212,7 +212,7 @@ CASES = [
     ),
     (
         TRAIN,
-        [SMOKE, "seed=1", "trainer.resume=auto", "hydra.run.dir={stopped_run}"],
+        [*SMOKE_RUN, "seed=1", "trainer.resume=auto", "hydra.run.dir={stopped_run}"],
         "(seed=0 there, 1 now): resume with the same overrides",
     ),
     (

@@ -17,7 +17,7 @@ QUICK = [
     "loss_calls=3",
     "loss_shapes=[[64,10]]",
     "agreement_steps=3",
-    'presets=[smoke,"experiment=smoke seed=3"]',
+    'presets=[smoke,"experiment=smoke seed=3 model.widths=[8,16] data.subset=256"]',
     "preset_repeats=1",
     "photos=2",
 ]

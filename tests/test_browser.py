@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SMOKE, run_script, stop_server
+from conftest import SMOKE, TINY_CNN, run_script, stop_server
 from omegaconf import OmegaConf
 
 from fmnist import data
@@ -53,9 +53,9 @@ def logdir(data_root, tmp_path_factory) -> Path:
         "-m",
         f"loss={','.join(LOSSES)}",
         SMOKE,
+        TINY_CNN,
         "data.subset=256",
         "trainer.max_epochs=1",
-        "trainer.tta=none",  # half the test-set time; nothing here looks at accuracy
         f"hydra.sweep.dir={logdir}",
     )
     assert result.returncode == 0, result.stderr

@@ -19,6 +19,7 @@ import torch
 from conftest import (
     ROOT,
     SMOKE,
+    TINY_CNN,
     TRAIN,
     scalars,
     start_torchrun,
@@ -43,8 +44,8 @@ SAME_MATH = [
     "trainer.precision=32",
 ]
 STEPS = 18  # 9 batches per epoch, the last of one image
-# The default CNN (BatchNorm, dropout), deterministic, a checkpoint at every step.
-CNN = [SMOKE, UNEVEN, "trainer.deterministic=true", "trainer.checkpoint_every_steps=1"]
+# The CNN (BatchNorm, dropout; 4k parameters), deterministic, a checkpoint at every step.
+CNN = [SMOKE, TINY_CNN, UNEVEN, "trainer.deterministic=true", "trainer.checkpoint_every_steps=1"]
 
 
 def only_run(cwd: Path) -> Path:
@@ -150,7 +151,8 @@ def cnn_run(data_root, tmp_path_factory) -> Path:
 
 def test_batchnorm_dropout_and_an_empty_share_train_and_evaluate_in_one_process(cnn_run, tmp_path):
     best = checkpoint.load(cnn_run)
-    assert best["metrics"]["steps"] == STEPS and best["metrics"]["test_acc"] > 0.3
+    # 18 steps of 4k parameters: 22.6% in one process, against 10% for chance
+    assert best["metrics"]["steps"] == STEPS and best["metrics"]["test_acc"] > 0.15
     assert evaluated_accuracy(cnn_run, tmp_path / "eval") == best["metrics"]["test_acc"]
     rank0, rank1 = best["rng"]  # each rank its own dropout stream, saved for resuming
     assert not torch.equal(rank0["torch"], rank1["torch"])
@@ -219,8 +221,7 @@ MANY_STEPS = [
     SMOKE,
     "data.subset=4096",
     "data.batch_size=32",
-    "model.widths=[8,16]",
-    "trainer.tta=none",
+    TINY_CNN,
     "trainer.deterministic=true",
     "trainer.checkpoint_every_steps=4",
 ]

@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import (
     SMOKE,
+    SMOKE_RUN,
+    TINY_CNN,
     contents,
     continue_command,
     copy_run,
@@ -29,8 +31,14 @@ from fmnist.report.val_predictions import FILE
 from fmnist.run_state import Interrupted, StopSignals
 from fmnist.train import check_usable
 
-SMALL = [SMOKE, "trainer.deterministic=true", "trainer.checkpoint_every_steps=1"]
-STEPS = 16  # 1024 / 128 = 8 steps per epoch, 2 epochs
+SMALL = [
+    SMOKE,
+    TINY_CNN,
+    "data.batch_size=32",  # steps of a few milliseconds: many of them, to stop one in the middle
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every_steps=1",
+]
+STEPS = 64  # 1024 / 32 = 32 steps per epoch, 2 epochs
 
 
 def start(cwd: Path, *overrides: str) -> subprocess.Popen:
@@ -53,7 +61,7 @@ def uninterrupted(data_root, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     process = start(tmp_path)
-    wait_for_checkpoint(tmp_path, process, random.randint(2, STEPS - 4))
+    wait_for_checkpoint(tmp_path, process, random.randint(2, STEPS // 2))
     process.kill()
     process.wait()
     run_dir = only_run(tmp_path)
@@ -142,7 +150,7 @@ def test_a_refused_resume_leaves_the_run_exactly_as_it_was(
     before = contents(run_dir)
     result = run_in_process(
         "scripts/train.py",
-        SMOKE,
+        *SMOKE_RUN,
         "optimizer.lr=0.2",
         "seed=3",
         "trainer.resume=auto",
@@ -166,7 +174,11 @@ def test_a_refused_resume_leaves_the_run_exactly_as_it_was(
     labels.unlink()
     labels.write_bytes(b"\x00" * 10008)
     result = run_in_process(
-        "scripts/train.py", SMOKE, "trainer.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path
+        "scripts/train.py",
+        *SMOKE_RUN,
+        "trainer.resume=auto",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2 and "t10k-labels-idx1-ubyte" in result.stderr
     assert contents(run_dir) == before
@@ -184,7 +196,7 @@ def test_resume_discovery_skips_what_it_cannot_read(trained_run, tmp_path):
     (runs / "foreign" / "checkpoints").mkdir(parents=True)
     torch.save({"format": 1, "model": {}}, runs / "foreign" / "checkpoints" / "last.pt")
     result = run_in_process(
-        "scripts/train.py", SMOKE, "optimizer.lr=0.2", "trainer.resume=auto", cwd=tmp_path
+        "scripts/train.py", *SMOKE_RUN, "optimizer.lr=0.2", "trainer.resume=auto", cwd=tmp_path
     )
     assert result.returncode == 2
     *notes, last = result.stderr.strip().splitlines()
@@ -211,7 +223,7 @@ def test_resume_discovery_finds_the_run_past_what_it_cannot_read(trained_run, tm
     os.utime(stopped / "checkpoints" / "last.pt", (1, 1))  # the oldest: found last
     (runs / "garbage" / "checkpoints").mkdir(parents=True)
     (runs / "garbage" / "checkpoints" / "last.pt").write_bytes(b"garbage")
-    result = run_in_process("scripts/train.py", SMOKE, "trainer.resume=auto", cwd=tmp_path)
+    result = run_in_process("scripts/train.py", *SMOKE_RUN, "trainer.resume=auto", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("note: skipped while looking for a run to resume: ")
     assert (stopped / "metrics.json").is_file()

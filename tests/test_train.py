@@ -11,6 +11,7 @@ import torch
 from conftest import (
     ROOT,
     SMOKE,
+    TINY_CNN,
     events,
     hparams_experiment,
     hparams_sessions,
@@ -213,6 +214,7 @@ def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
         "-m",
         "loss=scratch,torch",
         SMOKE,
+        TINY_CNN,
         "data.subset=256",
         "trainer.max_epochs=1",
         f"hydra.sweep.dir={tmp_path}",
@@ -224,6 +226,7 @@ def test_sweep_runs_one_job_per_loss(data_root, tmp_path):
         assert OmegaConf.load(run / ".hydra" / "overrides.yaml") == [  # the full overrides
             f"loss={loss}",
             SMOKE,
+            TINY_CNN,
             "data.subset=256",
             "trainer.max_epochs=1",
         ]
@@ -265,10 +268,10 @@ def test_weighted_training_through_the_script(data_root, tmp_path):
         "loss=scratch,torch",
         f"loss.weight={WEIGHTS}".replace(" ", ""),
         SMOKE,
+        TINY_CNN,
         "data.subset=512",
         "trainer.max_epochs=1",
         "trainer.precision=32",
-        "trainer.tta=none",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
@@ -349,7 +352,11 @@ def test_one_cycle_schedule():
 @pytest.mark.slow
 def test_histograms_are_there_when_asked_for(data_root, tmp_path):
     result = run_in_process(
-        "scripts/train.py", SMOKE, "trainer.histograms_every=1", f"hydra.run.dir={tmp_path}"
+        "scripts/train.py",
+        SMOKE,
+        TINY_CNN,
+        "trainer.histograms_every=1",
+        f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
     histograms = events(tmp_path).Tags()["histograms"]
