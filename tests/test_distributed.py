@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,13 +218,14 @@ def test_a_killed_worker_is_restarted_and_resumes_to_the_same_weights(cnn_run, t
 # --------------------------------------------------------------------------------------------
 
 # 256 steps of a 4k-parameter CNN (2 epochs of 128 batches of 32), a checkpoint every 4 steps.
+EVERY = 4
 MANY_STEPS = [
     SMOKE,
     "data.subset=4096",
     "data.batch_size=32",
     TINY_CNN,
     "trainer.deterministic=true",
-    "trainer.checkpoint_every_steps=4",
+    f"trainer.checkpoint_every_steps={EVERY}",
 ]
 KILLS = 3
 
@@ -243,6 +245,18 @@ def workers(agent: subprocess.Popen) -> dict[int, int]:
     return found
 
 
+def restarted(agent: subprocess.Popen, killed: dict[int, int], plan: str) -> dict[int, int]:
+    """{rank: pid} of both workers of a group that has none of the `killed` group's processes:
+    the group torchrun started after the last kill (at once, before any kill)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and agent.poll() is None:
+        pids = workers(agent)
+        if len(pids) == 2 and not set(pids.values()) & set(killed.values()):
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"{plan}: no restarted group of 2 workers ({agent.poll()=})")
+
+
 @pytest.fixture(scope="module")
 def many_steps_run(data_root, tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("many_steps")
@@ -257,7 +271,9 @@ def test_repeated_worker_kills_end_with_the_uninterrupted_weights(many_steps_run
     the last checkpoint, and the run ends with the uninterrupted run's weights, bit for bit."""
     seed = int(os.environ.get("FMNIST_KILL_SEED") or random.randrange(2**31))
     draw = random.Random(seed)
-    steps = sorted(draw.sample(range(6, 250), KILLS))
+    # Checkpoint steps (every 4th) at least 3 checkpoints apart: a kill is seen at the checkpoint
+    # it follows, and the next must be one that only the restarted group can write.
+    steps = sorted(EVERY * (2 + 3 * k) for k in draw.sample(range(20), KILLS))
     ranks = [draw.randrange(2) for _ in steps]
     plan = f"FMNIST_KILL_SEED={seed}: kill rank {ranks} after steps {steps}"
     print(plan)
@@ -267,10 +283,10 @@ def test_repeated_worker_kills_end_with_the_uninterrupted_weights(many_steps_run
         "trainer.resume=auto",
         options=("--standalone", "--nproc_per_node=2", f"--max-restarts={KILLS}"),
     )
+    pids: dict[int, int] = {}
     for step, rank in zip(steps, ranks, strict=True):
         wait_for_checkpoint(tmp_path, agent.process, step=step)
-        pids = workers(agent.process)
-        assert rank in pids, f"{plan}: no rank {rank} running at step {step} ({pids})"
+        pids = restarted(agent.process, pids, plan)
         os.kill(pids[rank], signal.SIGKILL)
     assert agent.wait().returncode == 0, f"{plan}\n{agent.report()}"
     run_dir = only_run(tmp_path)
