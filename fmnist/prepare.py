@@ -524,8 +524,8 @@ def prepare(image: Image.Image, settings: PrepareConfig) -> Prepared:
     background, light = find_background(small)
     if in_dataset_form(colours, background, settings):
         pixels = full_contrast(torch.from_numpy(gray.copy()))
-        box = (0, 0, SIDE, SIDE) if settings.crop else None
-        return Prepared(pixels, False, box, background, steps=[("input", pixels.numpy())])
+        whole = (0, 0, SIDE, SIDE) if settings.crop else None
+        return Prepared(pixels, False, whole, background, steps=[("input", pixels.numpy())])
     steps: list[tuple[str, NDArray[np.uint8]]] = []
     if colours.shape[2] == 3:
         steps.append(("grayscale", as_uint8(shrunk(gray[..., None].astype(np.float32))[0])))
