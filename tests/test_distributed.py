@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from conftest import (
     SMOKE,
     TINY_CNN,
     TRAIN,
+    free_port,
     scalars,
     start_torchrun,
     torchrun,
@@ -163,12 +163,6 @@ def test_the_same_command_gives_the_same_weights(cnn_run, tmp_path):
     result = torchrun(tmp_path, *CNN)
     assert result.returncode == 0, result.report()
     assert same_weights(weights(only_run(tmp_path)), weights(cnn_run))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_nodes_on_one_machine_make_one_run(data_root, tmp_path):
