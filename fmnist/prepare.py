@@ -401,14 +401,15 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     """`mask` less what lies further than `CORE_REACH` from its core: the pixels above
     `CORE_SHARE` of its brightest (99th percentile) contrast, holes filled. A soft shadow beside
     the object is faint and reaches further out than the object's own faint edges do; faint parts
-    inside the object are enclosed by its core. Left as it is when the mask touches the picture's
-    edge: a picture cropped tight to its object, as the dataset's are, has no room for a
-    shadow."""
-    top, left, bottom, right = mask_box(mask)
-    if not mask.any() or min(top, left) == 0 or bottom == mask.shape[0] or right == mask.shape[1]:
+    inside the object are enclosed by its core. Left as it is when the core touches the picture's
+    edge: a picture cropped tight to its object, as the dataset's are, has no room for a shadow
+    (a shadow may still run off the edge of a picture whose object does not)."""
+    if not mask.any():
         return mask
     core = mask & (seen > CORE_SHARE * float(np.percentile(seen[mask], 99)))
     top, left, bottom, right = mask_box(core)
+    if min(top, left) == 0 or bottom == mask.shape[0] or right == mask.shape[1]:
+        return mask
     reach = max(1, round(CORE_REACH * max(bottom - top, right - left)))
     near = ndimage.binary_dilation(filled(core), np.ones((3, 3), dtype=bool), iterations=reach)
     return np.asarray(mask & near, dtype=bool)
