@@ -80,6 +80,7 @@ class DataConfig:
     crop_padding: int = 2  # random crop after padding by this many pixels; 0: off
     flip: bool = True  # random horizontal flip
     erase: float = 0.0  # random erasing: the share of training images with a box blacked out
+    zoom: float = 0.0  # random scale about the centre by a factor in 1 +- zoom; 0: off
     num_workers: int = 2  # loader=torch only
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ class DataConfig:
             0 <= self.crop_padding <= 14, "data.crop_padding", self.crop_padding, "must be in 0..14"
         )
         require(0 <= self.erase <= 1, "data.erase", self.erase, "must be in [0, 1]")
+        require(0 <= self.zoom < 1, "data.zoom", self.zoom, "must be in [0, 1)")
         at_least("data.num_workers", self.num_workers, 0, "must be 0 or more")
 
 

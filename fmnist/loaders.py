@@ -16,10 +16,11 @@ interrupted epoch can be resumed at any batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -68,6 +69,7 @@ class DeviceLoader:
         crop_padding: int = 0,
         flip: bool = False,
         erase: float = 0.0,
+        zoom: float = 0.0,
         mean: float = data.MEAN,
         std: float = data.STD,
     ) -> None:
@@ -79,6 +81,7 @@ class DeviceLoader:
         self.num_samples = len(labels)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.crop_padding, self.flip, self.erase = crop_padding, flip, erase
+        self.zoom = zoom
         self.device = device
 
     def __len__(self) -> int:
@@ -97,12 +100,15 @@ class DeviceLoader:
             else torch.zeros(n, dtype=torch.bool)
         )
         boxes = erasing_boxes(n, self.erase, generator) if self.erase else None
+        zoom = self.zoom
+        scales = torch.empty(n).uniform_(1 - zoom, 1 + zoom, generator=generator) if zoom else None
         order, offsets, flips = (
             order.to(self.device),
             offsets.to(self.device),
             flips.to(self.device),
         )
         boxes = None if boxes is None else boxes.to(self.device)
+        scales = None if scales is None else scales.to(self.device)
         steps = torch.arange(side, device=self.device)
         for start in range(start_batch * self.batch_size, n, self.batch_size):
             # Under torchrun each rank takes its part of the global batch.
@@ -113,6 +119,8 @@ class DeviceLoader:
             rows = dy[:, None] + steps  # (B, 28): which padded rows each sample's window covers
             cols = dx[:, None] + torch.where(flip, side - 1 - steps, steps)  # reversed = h-flip
             images = self.images[index[:, None, None], rows[:, :, None], cols[:, None, :]]
+            if scales is not None:
+                images = zoomed(images, distributed.shard(scales[batch]))
             if boxes is not None:
                 top, left, bottom, right = distributed.shard(boxes[:, batch].T).T[..., None]
                 inside = (steps >= top) & (steps < bottom), (steps >= left) & (steps < right)
@@ -125,6 +133,20 @@ class DeviceLoader:
 # Random erasing (Zhong et al. 2017), with torchvision's RandomErasing ranges: a box covering
 # 2% to 33% of the image, of aspect ratio 0.3 to 3.3 (log-uniform), filled with black.
 ERASE_SCALE, ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
+
+
+def zoomed(images: Tensor, scales: Tensor) -> Tensor:
+    """(B, 28, 28) normalised images, each scaled by its factor in `scales` about the centre
+    (bilinear; what comes in from outside the frame is black). Preparing a photo refits its
+    object into 28 pixels, a few percent larger or smaller than the dataset's own fit and
+    resampled: a random zoom shows the model that in training."""
+    n = len(images)
+    # affine_grid maps each output pixel to where it samples the input: 1 / scale.
+    matrices = torch.zeros(n, 2, 3, device=images.device)
+    matrices[:, 0, 0] = matrices[:, 1, 1] = 1 / scales
+    grid = F.affine_grid(matrices, [n, 1, data.SIDE, data.SIDE], align_corners=False)
+    ink = (images - data.BACKGROUND).unsqueeze(1)
+    return F.grid_sample(ink, grid, align_corners=False).squeeze(1) + data.BACKGROUND
 
 
 def erasing_boxes(n: int, p: float, generator: torch.Generator) -> Tensor:
@@ -187,22 +209,28 @@ class TorchLoader:
             )
 
 
-def torchvision_dataset(
-    root: str, train: bool, crop_padding: int = 0, flip: bool = False, erase: float = 0.0
-) -> Dataset[tuple[Tensor, int]]:
-    """torchvision's FashionMNIST with the textbook per-sample transforms."""
-    from torchvision import datasets, transforms
+def textbook_transform(
+    crop_padding: int = 0,
+    flip: bool = False,
+    erase: float = 0.0,
+    zoom: float = 0.0,
+) -> Callable[[Image.Image], Tensor]:
+    """The per-sample PIL transforms that do what `DeviceLoader` does to a whole batch."""
+    from torchvision import transforms
 
     augment: list[torch.nn.Module] = (
         [transforms.RandomCrop(data.SIDE, padding=crop_padding)] if crop_padding else []
     )
     augment += [transforms.RandomHorizontalFlip()] if flip else []
+    bilinear = transforms.InterpolationMode.BILINEAR
+    scale = (1 - zoom, 1 + zoom)
+    augment += [transforms.RandomAffine(0, scale=scale, interpolation=bilinear)] if zoom else []
     erasing = (
         [transforms.RandomErasing(erase, ERASE_SCALE, ERASE_RATIO, value=data.BACKGROUND)]
         if erase
         else []
     )
-    transform = transforms.Compose(
+    return transforms.Compose(
         [
             *augment,
             transforms.ToTensor(),
@@ -210,6 +238,14 @@ def torchvision_dataset(
             *erasing,
         ]
     )
+
+
+def torchvision_dataset(
+    root: str, train: bool, transform: Callable[[Image.Image], Tensor]
+) -> Dataset[tuple[Tensor, int]]:
+    """torchvision's FashionMNIST with per-sample transforms."""
+    from torchvision import datasets
+
     return datasets.FashionMNIST(root, train=train, transform=transform, download=False)
 
 
@@ -239,6 +275,7 @@ class FashionMNIST:
         crop_padding: int,
         flip: bool,
         erase: float,
+        zoom: float,
         num_workers: int,
     ) -> None:
         distributed.per_rank_batch(batch_size, "data.batch_size")
@@ -259,6 +296,7 @@ class FashionMNIST:
                 crop_padding=crop_padding,
                 flip=flip,
                 erase=erase,
+                zoom=zoom,
             )
             val: Loader = DeviceLoader(
                 images[val_index], labels[val_index], eval_batch_size, device
@@ -266,7 +304,9 @@ class FashionMNIST:
             self.test: Loader = DeviceLoader(test_images, test_labels, eval_batch_size, device)
         else:
             self.train = TorchLoader(
-                torchvision_dataset(root, True, crop_padding=crop_padding, flip=flip, erase=erase),
+                torchvision_dataset(
+                    root, True, textbook_transform(crop_padding, flip, erase, zoom)
+                ),
                 train_index,
                 batch_size,
                 device=device,
@@ -275,14 +315,14 @@ class FashionMNIST:
                 num_workers=num_workers,
             )
             val = TorchLoader(
-                torchvision_dataset(root, True),
+                torchvision_dataset(root, True, textbook_transform()),
                 val_index,
                 eval_batch_size,
                 device=device,
                 num_workers=num_workers,
             )
             self.test = TorchLoader(
-                torchvision_dataset(root, False),
+                torchvision_dataset(root, False, textbook_transform()),
                 range(10000),
                 eval_batch_size,
                 device=device,

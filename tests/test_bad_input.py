@@ -137,6 +137,7 @@ CASES = [
     (TRAIN, ["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid"),
     (TRAIN, ["data.val_size=-1"], "data.val_size=-1 is invalid"),
     (TRAIN, ["data.subset=0"], "data.subset=0 is invalid"),
+    (TRAIN, ["data.zoom=1"], "data.zoom=1.0 is invalid: must be in [0, 1)"),
     (TRAIN, ["optimizer.momentum=1.5"], "optimizer.momentum=1.5 is invalid"),
     (TRAIN, ["loss.label_smoothing=-0.1"], "loss.label_smoothing=-0.1 is invalid"),
     (TRAIN, ["loss.weight=[1,2]"], "give 10 non-negative class weights"),

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_in_process
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 
 from fmnist import data
 from fmnist.config import DataConfig
-from fmnist.loaders import DeviceLoader, split_train_val
+from fmnist.loaders import DeviceLoader, split_train_val, textbook_transform
 
 CPU = torch.device("cpu")
 
@@ -51,11 +53,15 @@ def test_images_and_labels_stay_together_under_augmentation():
         shuffle=True,
         crop_padding=2,
         flip=True,
+        erase=0.1,
+        zoom=0.1,
     )
     for images, labels in loader.epoch(0):
         assert images.shape == (16, 1, 28, 28) and images.dtype == torch.float32
         centre = denormalise(images[:, 0, 12:16, 12:16]).round()  # the padding never reaches it
-        assert torch.equal(centre, labels.float().view(-1, 1, 1).expand(-1, 4, 4))
+        kept = (centre != 0).all(2).all(1)  # not erased
+        assert kept.sum() > 8
+        assert torch.equal(centre[kept], labels[kept].float().view(-1, 1, 1).expand(-1, 4, 4))
 
 
 def test_same_seed_same_batches_and_resume_mid_epoch():
@@ -180,3 +186,50 @@ def test_random_erasing_blacks_out_one_box_on_the_share_asked_for():
     assert torch.equal(images, again)  # a pure function of (seed, epoch), like crops and flips
     plain = DeviceLoader(torch.full((n, 28, 28), 200, dtype=torch.uint8), torch.arange(n), n, CPU)
     assert not (denormalise(next(plain.epoch(0))[0]).round() == 0).any()
+
+
+def bar() -> torch.Tensor:
+    """A white bar, 16 x 2 pixels, across the centre of a black frame."""
+    image = torch.zeros(28, 28, dtype=torch.uint8)
+    image[13:15, 6:22] = 255
+    return image
+
+
+def bar_shape(ink: torch.Tensor) -> tuple[float, float, float, float]:
+    """From the image's moments: the bar's angle (degrees), its length (the standard deviation
+    along its long axis) and its centre (row, column)."""
+    w = ink.double().clamp(min=0) / ink.double().clamp(min=0).sum()
+    y, x = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    my, mx = (w * y).sum(), (w * x).sum()
+    cyy, cxx, cxy = (
+        (w * (y - my) ** 2).sum(),
+        (w * (x - mx) ** 2).sum(),
+        (w * (x - mx) * (y - my)).sum(),
+    )
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * cxy, cxx - cyy))
+    length = (0.5 * (cxx + cyy) + torch.sqrt(0.25 * (cxx - cyy) ** 2 + cxy**2)).sqrt()
+    return float(angle), float(length), float(my), float(mx)
+
+
+def device_views(n: int, **augment) -> torch.Tensor:
+    loader = DeviceLoader(bar().expand(n, 28, 28), torch.zeros(n), n, CPU, 0, True, **augment)
+    return denormalise(next(loader.epoch())[0][:, 0])
+
+
+def torch_views(n: int, **augment) -> torch.Tensor:
+    transform, picture = textbook_transform(**augment), Image.fromarray(bar().numpy())
+    torch.manual_seed(0)
+    return torch.stack([denormalise(transform(picture)[0]) for _ in range(n)])
+
+
+@pytest.mark.parametrize("views", [device_views, torch_views], ids=["device", "torch"])
+def test_zoom_scales_about_the_centre_within_its_bounds(views):
+    """data.zoom=0.1 on 400 copies of a bar: every copy up to 10% longer or shorter, the whole
+    range used, not turned, the centre where it was; both loader paths alike. Off, the device
+    path gives the bar back exactly."""
+    _, plain_length, *_ = bar_shape(bar().float())
+    shapes = np.array([bar_shape(view) for view in views(400, zoom=0.1)])
+    angle, length, centre = shapes[:, 0], shapes[:, 1] / plain_length, shapes[:, 2:]
+    assert 0.885 < length.min() < 0.91 and 1.09 < length.max() < 1.115
+    assert np.abs(angle).max() < 1e-3 and np.abs(centre - 13.5).max() < 1e-3
+    assert torch.equal(device_views(4).round(), bar().float().expand(4, 28, 28))
