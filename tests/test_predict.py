@@ -26,19 +26,20 @@ from fmnist.script_configs import PredictConfig, PrepareConfig, class_index
 PREDICT = "scripts/predict.py"
 COUNT = 300  # test images per disguise
 WITHIN = 0.03  # each disguise's accuracy within 3 points of the same images from the dataset
-# Known short of that bar (docs/predict.md has the measured table): the measured gap plus 2
-# points, so that a regression still fails. The deep shadow is partly taken for the object; the
-# turned garments are turned back only when the turn is clear; a light gradient, a wood-and-weave
-# table, a red garment on green and the issue's own noisy JPEG cost 3.3 to 5 points.
+# Known short of that bar on these 300 (docs/predict.md has the table, and the same on 1000
+# images, where only texture_16 and both turns miss): the measured gap plus 2 points, so that a
+# regression still fails. The 300 images' own reference is 92.3% against 90.1% on 1000, which
+# makes every gap here look a point or two wider than it is.
 SHORT = {
-    "gradient_40": 0.055,
+    "jpeg_40": 0.055,
     "gradient_80": 0.06,
-    "shadow_30": 0.115,
-    "texture_8": 0.06,
-    "red_on_green": 0.055,
-    "turned_5": 0.07,
-    "turned_10": 0.07,
-    "issue_26": 0.07,
+    "shadow_30": 0.07,
+    "texture_8": 0.055,
+    "texture_16": 0.07,
+    "blue_on_grey": 0.06,
+    "red_on_green": 0.065,
+    "small_third": 0.06,
+    "turned_5": 0.06,
 }
 
 
@@ -80,21 +81,23 @@ def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdie
         logits = engine.predict(
             compute.place(loaded.model), x, compute, loaded.setting("trainer.tta", str)
         )
-    reference = (logits.argmax(1) == labels[:COUNT]).float().mean().item()
-    accuracy, flagged = {}, {}
+    reference = int((logits.argmax(1) == labels[:COUNT]).sum())  # pictures right, as counts:
+    right, flagged = {}, {}  # a gap of exactly 3 points is 9 pictures, not 0.0300000135
     for name in DISGUISES:
         rows = [p for p in saved["predictions"] if Path(p["file"]).parent.name == name]
         assert len(rows) == COUNT
-        correct = [p["top"][0]["class"] == labels[int(Path(p["file"]).stem)].item() for p in rows]
-        accuracy[name] = sum(correct) / COUNT
+        right[name] = sum(
+            p["top"][0]["class"] == labels[int(Path(p["file"]).stem)].item() for p in rows
+        )
         flagged[name] = sum(bool(p["doubts"]) for p in rows) / COUNT
-    print(f"\n{'disguise':15s} accuracy  vs dataset ({reference:.4f})  flagged")
+    print(f"\n{'disguise':15s} accuracy  vs dataset ({reference / COUNT:.4f})  flagged")
     for name in DISGUISES:
-        change = accuracy[name] - reference
-        print(f"{name:15s} {accuracy[name]:.4f}   {change:+.4f}  {flagged[name]:.3f}")
-    assert reference > 0.8
-    for name, value in accuracy.items():
-        assert abs(value - reference) <= SHORT.get(name, WITHIN), (name, value, reference)
+        change = (right[name] - reference) / COUNT
+        print(f"{name:15s} {right[name] / COUNT:.4f}   {change:+.4f}  {flagged[name]:.3f}")
+    assert reference > 0.8 * COUNT
+    for name, count in right.items():
+        allowed = round(SHORT.get(name, WITHIN) * COUNT, 6)
+        assert abs(count - reference) <= allowed, (name, count, reference, COUNT)
     old = ("png", "inverted_jpeg", "canvas")
     assert all(
         p["inverted"] == (Path(p["file"]).parent.name != "png")
