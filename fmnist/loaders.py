@@ -3,8 +3,9 @@
 Two interchangeable paths, chosen by `data.loader`:
 
 - `device` (default): each split is loaded once, normalised and moved to the training device;
-  a batch is an index slice of a seeded permutation, cropped and flipped by one vectorised gather.
-  No per-sample Python work, so the data path costs almost nothing next to the model.
+  a batch is an index slice of a seeded permutation, cropped and flipped by one vectorised gather
+  (and, with `data.zoom`, scaled by one resample). No per-sample Python work, so the data path
+  costs almost nothing next to the model.
 - `torch`: the textbook pipeline (torchvision dataset, per-sample PIL transforms, DataLoader),
   kept for comparison and for users who want to plug in their own transforms.
 
