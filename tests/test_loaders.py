@@ -198,7 +198,8 @@ def bar() -> torch.Tensor:
 def bar_shape(ink: torch.Tensor) -> tuple[float, float, float, float]:
     """From the image's moments: the bar's angle (degrees), its length (the standard deviation
     along its long axis) and its centre (row, column)."""
-    w = ink.double().clamp(min=0) / ink.double().clamp(min=0).sum()
+    ink = ink.double().clamp(min=0)
+    w = ink / ink.sum()
     y, x = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
     my, mx = (w * y).sum(), (w * x).sum()
     cyy, cxx, cxy = (
