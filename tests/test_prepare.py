@@ -117,6 +117,31 @@ def test_a_clear_turn_is_found_and_a_square_box_is_not_turned():
     assert P.turn_of(barely) == 0.0  # under TURN_MIN: left alone
 
 
+def shapes(*boxes: tuple[int, int, int, int]) -> Tensor:
+    """A 300x300 mask picture (255 on 0) made of the rectangles `boxes`."""
+    pixels = picture(300, 300, 0)
+    for top, left, bottom, right in boxes:
+        pixels[top:bottom, left:right] = 255
+    return pixels
+
+
+def tilted(pixels: Tensor, degrees: float) -> np.ndarray:
+    return np.asarray(P.image_of(pixels).rotate(degrees, Image.Resampling.BILINEAR)) > 127
+
+
+def test_a_mirror_image_garment_is_turned_by_its_axis_and_a_shoe_by_its_box():
+    shirt = shapes((70, 50, 120, 250), (70, 105, 250, 195))  # sleeves spread, the body below
+    assert P.mirror_turn(shirt.numpy() > 127) == 0.0
+    for degrees in (3.0, -5.0, 12.0):
+        assert P.turn_of(tilted(shirt, degrees)) == pytest.approx(-degrees, abs=0.75)
+    assert P.box_turn(tilted(shirt, 3.0)) == 0.0  # its box barely shrinks: the axis finds it
+    boot = shapes((40, 60, 200, 130), (150, 60, 220, 250))  # a shaft and a foot: no mirror axis
+    assert P.mirror_turn(tilted(boot, 10.0)) is None
+    assert P.turn_of(tilted(boot, 10.0)) == pytest.approx(-10.0, abs=0.75)  # by its box
+    assert P.turn_of(boot.numpy() > 127) == 0.0
+    assert P.turn_of(np.zeros((30, 30), dtype=bool)) == 0.0
+
+
 def test_fit_then_pad_to_a_centred_square():
     tall = P.fit(picture(200, 100, 255))
     assert tall.shape == (28, 14)
