@@ -10,7 +10,8 @@ redoes the dataset's recipe on a real background, with scikit-image for the imag
 1. `planes`: the picture's colours and its luminance; a transparent background is shown on
    white, as product photos are, and a 16-bit grayscale picture is scaled to 8 bits;
 2. `find_background` on a copy at most `WORK_SIDE` pixels long: the background's colour and noise
-   from the picture's border (median and MAD: robust to an object that reaches the border), and
+   from the picture's border (median, and MAD or how far the border reaches if that is less:
+   robust to an object that reaches the border, and not overstated by a table's texture), and
    uneven light (a gradient, a vignette) evened out by subtracting a quadratic surface fitted to
    the border (`even_light`);
 3. `contrast`: each pixel's colour distance from the background's colour, so the object becomes
@@ -63,6 +64,10 @@ BLUR = 1.0  # pixels of the working copy: a Gaussian that averages sensor noise 
 # threshold (only where the border is not perfectly flat: a clean picture is left exact)
 NEAR = 0.15  # components whose box is within this share of the largest one's longest side of
 # its box are kept with it
+TAIL = 0.999  # the border's distances from its median: this quantile of them is how far the
+TAIL_SIGMAS = 3.29  # background reaches, and a Gaussian's is this many standard deviations
+# (chosen on validation images: a textured table's threshold comes down by a third,
+# docs/experiments.md)
 EVEN_MIN = 8.0  # grey levels: uneven light is evened out when the fitted surface varies more
 # across the frame than this and than 3 background noises
 RING = 0.03  # of the shorter side: the border ring the background is measured on
@@ -110,8 +115,8 @@ class Background:
 
     colour: list[float]  # its colour (one value for a grayscale picture), after evening
     level: float  # its luminance
-    noise: float  # the robust standard deviation (1.4826 MAD) of the border's contrast, as
-    # thresholded (on the smoothed working copy)
+    noise: float  # the border's robust standard deviation (`border_noise`), as thresholded (on
+    # the smoothed working copy)
     threshold: float  # contrast above which a pixel is the object
     evened: bool  # uneven light was evened out
 
@@ -289,11 +294,20 @@ def smooth(colours: Plane) -> Plane:
 
 
 def border_noise(colours: Plane) -> float:
-    """The background's noise: the robust standard deviation (`robust_noise`) of each channel of
-    the border ring, their root mean square (so a grey picture's is its grey levels')."""
+    """The background's noise: for each channel of the border ring, the smaller of two robust
+    standard deviations, `robust_noise` and `tail_noise`; their root mean square (so a grey
+    picture's is its grey levels')."""
     border = colours[ring(colours.shape)]
-    per_channel = [robust_noise(border[:, c]) for c in range(border.shape[1])]
+    per_channel = [min(robust_noise(b), tail_noise(b)) for b in border.T]
     return float(np.sqrt(np.mean(np.square(per_channel))))
+
+
+def tail_noise(values: NDArray[np.floating]) -> float:
+    """How far `values` reach from their median, as a standard deviation: the `TAIL` quantile of
+    the distances over what a Gaussian's would be. A Gaussian's is its standard deviation, as
+    `robust_noise` is; a table's grain and weave are bounded, so `robust_noise` overstates how far
+    they reach and this does not (an object reaching the border raises this, not the other)."""
+    return float(np.quantile(np.abs(values - np.median(values)), TAIL) / TAIL_SIGMAS)
 
 
 def find_background(small: Plane) -> tuple[Background, NDArray[np.float64] | None]:

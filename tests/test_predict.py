@@ -27,19 +27,18 @@ PREDICT = "scripts/predict.py"
 COUNT = 300  # test images per disguise
 WITHIN = 0.03  # each disguise's accuracy within 3 points of the same images from the dataset
 # Known short of that bar on these 300 (docs/predict.md has the table, and the same on 1000
-# images, where only texture_16 and both turns miss): the measured gap plus 2 points, so that a
+# images, where every disguise is within it): the measured gap plus 2 points, so that a
 # regression still fails. The 300 images' own reference is 92.3% against 90.1% on 1000, which
 # makes every gap here look a point or two wider than it is.
 SHORT = {
     "jpeg_40": 0.055,
     "gradient_80": 0.06,
     "shadow_30": 0.07,
-    "texture_8": 0.055,
     "texture_16": 0.07,
     "blue_on_grey": 0.06,
     "red_on_green": 0.065,
     "small_third": 0.06,
-    "turned_5": 0.06,
+    "turned_5": 0.055,
 }
 
 
@@ -105,8 +104,8 @@ def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdie
         if Path(p["file"]).parent.name in old
     )
     turned = [p for p in saved["predictions"] if Path(p["file"]).parent.name == "turned_10"]
-    # Turned back where the turn is clear: 227 of the 300 measured (docs/predict.md).
-    assert sum(abs(p["turned_degrees"]) >= 5 for p in turned) > 0.7 * COUNT
+    # Turned back by 5 degrees or more: 272 of the 300 measured (227 with the box alone).
+    assert sum(abs(p["turned_degrees"]) >= 5 for p in turned) > 0.85 * COUNT
 
     # Unprepared, the canvas pictures are all one class (the complaint that every photo is a
     # "Bag"), and every one of them is flagged as unlike the training images.

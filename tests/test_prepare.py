@@ -225,6 +225,23 @@ def test_noise_a_gradient_and_a_colour_of_the_same_luminance_do_not_hide_the_obj
     assert within(found.box, pixels=3) and found.pixels.max() == 255  # 2: the margin
 
 
+def test_a_textured_tables_noise_is_how_far_it_reaches_so_faint_parts_stay():
+    rng = np.random.default_rng(2)
+    plane = rng.normal(100, 10, (400, 400, 1)).astype(np.float32)
+    assert 9.0 < P.border_noise(plane) < 10.5  # Gaussian: its standard deviation either way
+    plane[:40, 150:250, 0] += 150  # an object reaching the border: the MAD holds
+    assert 9.0 < P.border_noise(plane) < 11.0
+    y = np.arange(300, dtype=np.float64)[:, None, None]
+    grain = 210 + 16 * np.sin(2 * np.pi * y / 12)  # bounded: reaches 16, its MAD says 16.8
+    assert P.border_noise(grain.astype(np.float32) + np.zeros((1, 400, 1), np.float32)) < 5.2
+    base = np.broadcast_to(grain, (300, 400, 3)).copy()
+    base[90:210, 250:310] = 30
+    base[210:240, 250:310] -= 50  # a faint part: 50 grey levels darker than the table
+    image = Image.fromarray(np.clip(np.rint(base), 0, 255).astype(np.uint8), "RGB")
+    prepared = P.prepare(image, PrepareConfig())
+    assert within(prepared.box, (87, 247, 243, 313), pixels=2)  # with it (and a 3-pixel margin)
+
+
 def test_a_small_object_in_a_large_picture(tmp_path):
     rng = np.random.default_rng(1)
     large = photo(rng, 230, noise=4, size=(1200, 1600))  # the object a tenth of the height
