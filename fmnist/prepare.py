@@ -68,6 +68,8 @@ TAIL = 0.999  # the border's distances from its median: this quantile of them is
 TAIL_SIGMAS = 3.29  # background reaches, and a Gaussian's is this many standard deviations
 # (chosen on validation images: a textured table's threshold comes down by a third,
 # docs/experiments.md)
+TAIL_COUNT = round(1 / (1 - TAIL))  # border pixels needed for that quantile to be more than
+# its largest value (a 28x28 picture of uniform noise would otherwise find an "object" in it)
 EVEN_MIN = 8.0  # grey levels: uneven light is evened out when the fitted surface varies more
 # across the frame than this and than 3 background noises
 RING = 0.03  # of the shorter side: the border ring the background is measured on
@@ -295,10 +297,14 @@ def smooth(colours: Plane) -> Plane:
 
 def border_noise(colours: Plane) -> float:
     """The background's noise: for each channel of the border ring, the smaller of two robust
-    standard deviations, `robust_noise` and `tail_noise`; their root mean square (so a grey
-    picture's is its grey levels')."""
+    standard deviations, `robust_noise` and `tail_noise` (`robust_noise` alone on a ring of fewer
+    than `TAIL_COUNT` pixels: a picture under about 90 pixels a side); their root mean square (so
+    a grey picture's is its grey levels')."""
     border = colours[ring(colours.shape)]
-    per_channel = [min(robust_noise(b), tail_noise(b)) for b in border.T]
+    if len(border) < TAIL_COUNT:  # the quantile would be the border's single largest value
+        per_channel = [robust_noise(b) for b in border.T]
+    else:
+        per_channel = [min(robust_noise(b), tail_noise(b)) for b in border.T]
     return float(np.sqrt(np.mean(np.square(per_channel))))
 
 

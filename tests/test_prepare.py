@@ -231,6 +231,8 @@ def test_a_textured_tables_noise_is_how_far_it_reaches_so_faint_parts_stay():
     assert 9.0 < P.border_noise(plane) < 10.5  # Gaussian: its standard deviation either way
     plane[:40, 150:250, 0] += 150  # an object reaching the border: the MAD holds
     assert 9.0 < P.border_noise(plane) < 11.0
+    tiny = rng.uniform(0, 255, (28, 28, 1)).astype(np.float32)  # 108 border pixels: the MAD
+    assert P.border_noise(tiny) == pytest.approx(P.robust_noise(tiny[P.ring(tiny.shape)][:, 0]))
     y = np.arange(300, dtype=np.float64)[:, None, None]
     grain = 210 + 16 * np.sin(2 * np.pi * y / 12)  # bounded: reaches 16, its MAD says 16.8
     assert P.border_noise(grain.astype(np.float32) + np.zeros((1, 400, 1), np.float32)) < 5.2
