@@ -297,14 +297,10 @@ def smooth(colours: Plane) -> Plane:
 
 def border_noise(colours: Plane) -> float:
     """The background's noise: for each channel of the border ring, the smaller of two robust
-    standard deviations, `robust_noise` and `tail_noise` (`robust_noise` alone on a ring of fewer
-    than `TAIL_COUNT` pixels: a picture under about 90 pixels a side); their root mean square (so
-    a grey picture's is its grey levels')."""
+    standard deviations, `robust_noise` and `tail_noise`; their root mean square (so a grey
+    picture's is its grey levels')."""
     border = colours[ring(colours.shape)]
-    if len(border) < TAIL_COUNT:  # the quantile would be the border's single largest value
-        per_channel = [robust_noise(b) for b in border.T]
-    else:
-        per_channel = [min(robust_noise(b), tail_noise(b)) for b in border.T]
+    per_channel = [min(robust_noise(b), tail_noise(b)) for b in border.T]
     return float(np.sqrt(np.mean(np.square(per_channel))))
 
 
@@ -312,24 +308,28 @@ def tail_noise(values: NDArray[np.floating]) -> float:
     """How far `values` reach from their median, as a standard deviation: the `TAIL` quantile of
     the distances over what a Gaussian's would be. A Gaussian's is its standard deviation, as
     `robust_noise` is; a table's grain and weave are bounded, so `robust_noise` overstates how far
-    they reach and this does not (an object reaching the border raises this, not the other)."""
+    they reach and this does not (an object reaching the border raises this, not the other).
+    Infinite (no say) on fewer than `TAIL_COUNT` values, a ring of a picture under about 90 pixels
+    a side, where the quantile would be their single largest value."""
+    if len(values) < TAIL_COUNT:
+        return float("inf")
     return float(np.quantile(np.abs(values - np.median(values)), TAIL) / TAIL_SIGMAS)
 
 
 def find_background(small: Plane) -> tuple[Background, NDArray[np.float64] | None]:
     """The background of the working copy `small`, and the light field's coefficients when
     uneven light was evened (None when it was left alone)."""
-    keep, evened = False, small
-    if border_noise(small) > 0:  # half the border or more one colour: nothing to even out
+    keep, evened, noise = False, small, border_noise(small)
+    if noise > 0:  # half the border or more one colour: nothing to even out
         coefficients = fit_surface(small)
         coarse = light_field(coefficients, (17, 17))  # the field's range, on a coarse grid
         variation = float(np.ptp(coarse @ luma_weights(small.shape[2])))
-        evened = even_light(small, coefficients)
-        keep = variation > max(EVEN_MIN, 3 * border_noise(evened))
-        if not keep:
-            evened = small
+        flattened = even_light(small, coefficients)
+        flattened_noise = border_noise(flattened)
+        keep = variation > max(EVEN_MIN, 3 * flattened_noise)
+        if keep:
+            evened, noise = flattened, flattened_noise
     colour = np.median(evened[ring(small.shape)], axis=0)
-    noise = border_noise(evened)
     if noise > 0:  # the threshold is applied to the smoothed picture: measure its noise
         noise = border_noise(smooth(evened))
     return (
@@ -470,8 +470,6 @@ def turn_of(mask: Mask) -> float:
     """The turn (degrees, counter-clockwise positive) that makes the object upright when it is
     clearly turned, else 0: `mirror_turn` for an object that is its own mirror image, else
     `box_turn`."""
-    if mask.sum() < 8:
-        return 0.0
     mirrored = mirror_turn(mask)
     return box_turn(mask) if mirrored is None else mirrored
 
@@ -479,11 +477,14 @@ def turn_of(mask: Mask) -> float:
 def mirror_turn(mask: Mask) -> float | None:
     """For an object that is its own mirror image (`MIRROR_MIN`): the turn that makes its mirror
     axis upright when that is clear (at least `TURN_MIN`, the tilted axis beating the upright one
-    by `MIRROR_GAIN`), else 0; None for an object that is not. The axis is the line through the
-    object's centroid, tilted by one of `_ANGLES`, across which the most of its pixels land on
-    the object again. A symmetric garment's axis is upright in the dataset whatever its outline
-    (sleeves spread or not), so its tilt is the photo's turn, even when its box barely shows it."""
+    by `MIRROR_GAIN`), else 0; None for an object that is not, or of under 8 pixels. The axis is
+    the line through the object's centroid, tilted by one of `_ANGLES`, across which the most of
+    its pixels land on the object again. A symmetric garment's axis is upright in the dataset
+    whatever its outline (sleeves spread or not), so its tilt is the photo's turn, even when its
+    box barely shows it."""
     rows, cols = np.nonzero(mask)
+    if len(rows) < 8:
+        return None
     step = max(1, len(rows) // MIRROR_POINTS)
     y, x = rows[::step].astype(np.float64), cols[::step].astype(np.float64)
     centre_y, centre_x = y.mean(), x.mean()

@@ -107,16 +107,6 @@ def test_the_mask_keeps_the_object_and_what_lies_near_it():
     assert P.with_margin((3, 5, 20, 9), (28, 28)) == (3, 5, 20, 9)  # 0 margin at 28
 
 
-def test_a_clear_turn_is_found_and_a_square_box_is_not_turned():
-    upright = picture(300, 300, 0, (60, 110, 240, 190), 255)
-    for degrees in (5.0, -8.0, 12.0):
-        tilted = np.asarray(P.image_of(upright).rotate(degrees, Image.Resampling.BILINEAR)) > 127
-        assert P.turn_of(tilted) == pytest.approx(-degrees, abs=0.75)
-    assert P.turn_of(upright.numpy() > 127) == 0.0
-    barely = np.asarray(P.image_of(upright).rotate(1.0, Image.Resampling.BILINEAR)) > 127
-    assert P.turn_of(barely) == 0.0  # under TURN_MIN: left alone
-
-
 def shapes(*boxes: tuple[int, int, int, int]) -> Tensor:
     """A 300x300 mask picture (255 on 0) made of the rectangles `boxes`."""
     pixels = picture(300, 300, 0)
@@ -127,6 +117,14 @@ def shapes(*boxes: tuple[int, int, int, int]) -> Tensor:
 
 def tilted(pixels: Tensor, degrees: float) -> np.ndarray:
     return np.asarray(P.image_of(pixels).rotate(degrees, Image.Resampling.BILINEAR)) > 127
+
+
+def test_a_clear_turn_is_found_and_a_square_box_is_not_turned():
+    upright = picture(300, 300, 0, (60, 110, 240, 190), 255)
+    for degrees in (5.0, -8.0, 12.0):
+        assert P.turn_of(tilted(upright, degrees)) == pytest.approx(-degrees, abs=0.75)
+    assert P.turn_of(upright.numpy() > 127) == 0.0
+    assert P.turn_of(tilted(upright, 1.0)) == 0.0  # under TURN_MIN: left alone
 
 
 def test_a_mirror_image_garment_is_turned_by_its_axis_and_a_shoe_by_its_box():
