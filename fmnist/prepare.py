@@ -87,7 +87,11 @@ MIRROR_GAIN = 0.02  # ...and its axis is clearly tilted when the best one beats 
 # this share (chosen on validation images: docs/experiments.md)
 MIRROR_POINTS = 3000  # at most this many of the mask's pixels are reflected (evenly spaced)
 CORE_SHARE = 0.35  # of the object's brightest contrast: its core, which no soft shadow reaches
-CORE_REACH = 0.03  # of the core's longest side: how far beyond it the object's faint edges go
+CORE_REACH = 0.02  # of the core's longest side: how far beyond it the object's faint edges go,
+# and how far in from its edge an object's own part has reached its level
+SOFT = 0.5  # a part beyond that reach is a shadow when its contrast, `CORE_REACH` in from its
+# edge, has risen less than this share of the way from its edge to its peak (validation images:
+# a shadow's parts 0.23-0.47, a garment's dim parts 0.44-1.1; docs/experiments.md)
 WHOLE = 0.95  # a box holding this share of a large picture's area: the object was not found
 LARGE = 4 * SIDE  # pixels: a picture this long or longer is "large" (a 28x28 dataset image is
 # its object)
@@ -426,12 +430,15 @@ def slices_box(found: tuple[slice, ...] | None) -> Box:
 
 
 def without_shadow(mask: Mask, seen: Plane) -> Mask:
-    """`mask` less what lies further than `CORE_REACH` from its core: the pixels above
-    `CORE_SHARE` of its brightest (99th percentile) contrast, holes filled. A soft shadow beside
-    the object is faint and reaches further out than the object's own faint edges do; faint parts
-    inside the object are enclosed by its core. Left as it is when the core touches the picture's
-    edge: a picture cropped tight to its object, as the dataset's are, has no room for a shadow
-    (a shadow may still run off the edge of a picture whose object does not)."""
+    """`mask` less a soft shadow beside the object. The object's core (the pixels above
+    `CORE_SHARE` of its brightest (99th percentile) contrast, holes filled) and what lies within
+    `CORE_REACH` of it are the object; a part of the rest that reaches beyond their box is a
+    shadow when it fades in softly (`soft`), and is cut off with the band of that reach next to
+    it (the shadow goes on up to the object); a part whose edge is sharp is the object's own (a
+    dark garment's dim body below its bright collar). Faint parts inside that box stay: they are
+    enclosed by the object. Left as it is when the core touches the picture's edge: a picture
+    cropped tight to its object, as the dataset's are, has no room for a shadow (a shadow may
+    still run off the edge of a picture whose object does not)."""
     if not mask.any():
         return mask
     core = mask & (seen > CORE_SHARE * float(np.percentile(seen[mask], 99)))
@@ -439,8 +446,34 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     if min(top, left) == 0 or bottom == mask.shape[0] or right == mask.shape[1]:
         return mask
     reach = max(1, round(CORE_REACH * max(bottom - top, right - left)))
-    near = ndimage.binary_dilation(filled(core), np.ones((3, 3), dtype=bool), iterations=reach)
-    return np.asarray(mask & near, dtype=bool)
+    body, square = filled(core), np.ones((3, 3), dtype=bool)
+    near = ndimage.binary_dilation(body, square, iterations=reach)
+    parts, _ = ndimage.label(mask & ~near, square)
+    beyond = parts.copy()
+    beyond[slice_of(mask_box(mask & near))] = 0
+    depth = ndimage.distance_transform_cdt(mask, metric="chessboard")  # 1 on the mask's edge
+    faded = [
+        label for label in np.unique(beyond[beyond > 0]) if soft(seen, depth, parts == label, reach)
+    ]
+    shadow = np.isin(parts, faded)
+    if shadow.any():
+        shadow |= ndimage.binary_dilation(shadow, square, iterations=reach) & ~body
+    return np.asarray(mask & ~shadow, dtype=bool)
+
+
+def soft(seen: Plane, depth: NDArray[np.int32], part: Mask, reach: int) -> bool:
+    """Whether `part` of the mask fades in like a shadow: `reach` pixels in from its edge
+    (`depth`: pixels from the mask's outside), its contrast has risen less than `SOFT` of the way
+    from its edge's to its peak (90th percentile). A garment's own part, its outline sharp, is at
+    its level there already. A part too thin to have that depth is cut off; one whose edge is at
+    its peak already (flat, sharp edged) is kept."""
+    edge, inner = part & (depth == 1), part & (depth == reach + 1)
+    if not inner.any() or not edge.any():
+        return True
+    rim, peak = float(seen[edge].mean()), float(np.percentile(seen[part], 90))
+    if peak <= rim:
+        return False
+    return (float(seen[inner].mean()) - rim) / (peak - rim) < SOFT
 
 
 def mask_box(mask: Mask) -> Box:

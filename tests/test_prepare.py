@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from scipy import ndimage
 from torch import Tensor
 
 from fmnist import data
@@ -240,6 +241,28 @@ def test_a_textured_tables_noise_is_how_far_it_reaches_so_faint_parts_stay():
     image = Image.fromarray(np.clip(np.rint(base), 0, 255).astype(np.uint8), "RGB")
     prepared = P.prepare(image, PrepareConfig())
     assert within(prepared.box, (87, 247, 243, 313), pixels=2)  # with it (and a 3-pixel margin)
+
+
+def gray_photo(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
+def test_a_soft_shadow_is_cut_off_and_a_dim_part_with_a_sharp_edge_kept():
+    # A dark collar over a dim body, both sharp edged: the body is the garment's, though it lies
+    # far beyond the reach of the collar (the core), and is kept.
+    paper = np.full((300, 400), 235.0)
+    dim = paper.copy()
+    dim[90:110, 250:310] = 0
+    dim[110:210, 250:310] = 200  # 35 grey levels under the paper
+    assert within(P.prepare(gray_photo(dim), PrepareConfig()).box, pixels=2)
+    # The same outline all dark, with a soft shadow: its silhouette blurred (a tenth of its size)
+    # and moved down and to the right by an eighth, darkening the paper by 30% at most.
+    ink = np.zeros((300, 400))
+    ink[90:210, 250:310] = 1
+    cast = np.roll(ndimage.gaussian_filter(ink, 12), (15, 15), axis=(0, 1))
+    shadowed = P.prepare(gray_photo(paper * (1 - 0.3 * cast) * (1 - ink)), PrepareConfig())
+    assert within(shadowed.box, pixels=2)  # 2: the margin
+    assert shadowed.pixels[:, 21:].max() == 0  # right of the 28 x 14 object: no shadow left
 
 
 def test_a_small_object_in_a_large_picture(tmp_path):
