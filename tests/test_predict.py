@@ -24,22 +24,9 @@ from fmnist.prepare import image_of, prepare
 from fmnist.script_configs import PredictConfig, PrepareConfig, class_index
 
 PREDICT = "scripts/predict.py"
-COUNT = 300  # test images per disguise
+COUNT = 1000  # test images per disguise: on the first 300 (92.3% right from the dataset, against
+# 90.1% on 1000) a gap reads a point or two wider than it is, and two disguises missed the bar there
 WITHIN = 0.03  # each disguise's accuracy within 3 points of the same images from the dataset
-# Known short of that bar on these 300 (docs/predict.md has the table, and the same on 1000
-# images, where every disguise is within it): the measured gap plus 2 points, so that a
-# regression still fails. The 300 images' own reference is 92.3% against 90.1% on 1000, which
-# makes every gap here look a point or two wider than it is.
-SHORT = {
-    "jpeg_40": 0.055,
-    "gradient_80": 0.06,
-    "shadow_30": 0.07,
-    "texture_16": 0.07,
-    "blue_on_grey": 0.06,
-    "red_on_green": 0.065,
-    "small_third": 0.06,
-    "turned_5": 0.055,
-}
 
 
 def as_png(image: Image.Image, path: Path) -> None:
@@ -61,7 +48,7 @@ def predict_with(ckpt: Path, *arguments: str, out: Path):
 
 @pytest.mark.slow
 def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdier_run, tmp_path):
-    """The first 300 test images in every disguise of tests/disguises.py (noise, JPEG, uneven
+    """The first 1000 test images in every disguise of tests/disguises.py (noise, JPEG, uneven
     light, shadow, texture, colour, small, turned, ...), predicted through the script in one
     call, against the same images taken from the dataset."""
     images, labels = data.load_split("test")
@@ -81,7 +68,7 @@ def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdie
             compute.place(loaded.model), x, compute, loaded.setting("trainer.tta", str)
         )
     reference = int((logits.argmax(1) == labels[:COUNT]).sum())  # pictures right, as counts:
-    right, flagged = {}, {}  # a gap of exactly 3 points is 9 pictures, not 0.0300000135
+    right, flagged = {}, {}  # a gap of exactly 3 points is 30 pictures, not 0.0300000135
     for name in DISGUISES:
         rows = [p for p in saved["predictions"] if Path(p["file"]).parent.name == name]
         assert len(rows) == COUNT
@@ -95,8 +82,7 @@ def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdie
         print(f"{name:15s} {right[name] / COUNT:.4f}   {change:+.4f}  {flagged[name]:.3f}")
     assert reference > 0.8 * COUNT
     for name, count in right.items():
-        allowed = round(SHORT.get(name, WITHIN) * COUNT, 6)
-        assert abs(count - reference) <= allowed, (name, count, reference, COUNT)
+        assert abs(count - reference) <= round(WITHIN * COUNT), (name, count, reference, COUNT)
     old = ("png", "inverted_jpeg", "canvas")
     assert all(
         p["inverted"] == (Path(p["file"]).parent.name != "png")
@@ -104,7 +90,8 @@ def test_disguised_test_images_are_predicted_as_well_as_from_the_dataset(sturdie
         if Path(p["file"]).parent.name in old
     )
     turned = [p for p in saved["predictions"] if Path(p["file"]).parent.name == "turned_10"]
-    # Turned back by 5 degrees or more: 272 of the 300 measured (227 with the box alone).
+    # Turned back by 5 degrees or more: 905 of the 1000 measured (the first 300: 227 with the box
+    # alone, 272 with the mirror axis and the shadow trim before it asked whether a part fades).
     assert sum(abs(p["turned_degrees"]) >= 5 for p in turned) > 0.85 * COUNT
 
     # Unprepared, the canvas pictures are all one class (the complaint that every photo is a
