@@ -526,10 +526,12 @@ def mirror_turn(mask: Mask) -> float | None:
     along = y * down + x * across  # reflecting p across the axis: 2 (p . axis) axis - p
     hit_y = np.rint(2 * along * down - y + centre_y).astype(np.int64)
     hit_x = np.rint(2 * along * across - x + centre_x).astype(np.int64)
-    inside = (hit_y >= 0) & (hit_y < mask.shape[0]) & (hit_x >= 0) & (hit_x < mask.shape[1])
-    landed = np.zeros(hit_y.shape, dtype=bool)
-    landed[inside] = mask[hit_y[inside], hit_x[inside]]
-    shares = landed.mean(axis=1)
+    # A reflected point lies as far from the centroid as the point: on a mask padded by that much
+    # (False), every one is a pixel, read in one flat gather.
+    pad = int(np.ceil(np.sqrt(float((y * y + x * x).max())))) + 1
+    width = mask.shape[1] + 2 * pad
+    padded = np.pad(mask, pad).ravel()
+    shares = padded[(hit_y + pad) * width + hit_x + pad].mean(axis=1)
     best, upright = int(shares.argmax()), len(_ANGLES) // 2
     if shares[best] < MIRROR_MIN:
         return None
