@@ -92,6 +92,9 @@ CORE_REACH = 0.02  # of the core's longest side: how far beyond it the object's 
 SOFT = 0.5  # a part beyond that reach is a shadow when its contrast, `CORE_REACH` in from its
 # edge, has risen less than this share of the way from its edge to its peak (validation images:
 # a shadow's parts 0.23-0.47, a garment's dim parts 0.44-1.1; docs/experiments.md)
+CAST_COVER = 0.7  # ...or, a hard shadow, when this share of it is covered by a copy of the object
+CAST_SPILL = 0.1  # moved by as far as the mask reaches past it, that copy all but this share
+# inside the mask (chosen on validation images with a hard shadow: docs/experiments.md)
 WHOLE = 0.95  # a box holding this share of a large picture's area: the object was not found
 LARGE = 4 * SIDE  # pixels: a picture this long or longer is "large" (a 28x28 dataset image is
 # its object)
@@ -433,9 +436,10 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     """`mask` less a soft shadow beside the object. The object's core (the pixels above
     `CORE_SHARE` of its brightest (99th percentile) contrast, holes filled) and what lies within
     `CORE_REACH` of it are the object; a part of the rest that reaches beyond their box is a
-    shadow when it fades in softly (`soft`), and is cut off with the band of that reach next to
-    it (the shadow goes on up to the object); a part whose edge is sharp is the object's own (a
-    dark garment's dim body below its bright collar). Faint parts inside that box stay: they are
+    shadow when it fades in softly (`soft`) or lies where a moved copy of the object falls (a
+    hard shadow: `cast_copy`), and is cut off with the band of that reach next to it (the shadow
+    goes on up to the object); any other part is the object's own (a dark garment's dim body
+    below its bright collar). Faint parts inside that box stay: they are
     enclosed by the object. Left as it is when the core touches the picture's edge: a picture
     cropped tight to its object, as the dataset's are, has no room for a shadow (a shadow may
     still run off the edge of a picture whose object does not)."""
@@ -451,14 +455,40 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     parts, _ = ndimage.label(mask & ~near, square)
     beyond = parts.copy()
     beyond[slice_of(mask_box(mask & near))] = 0
+    candidates = np.unique(beyond[beyond > 0])
+    if not len(candidates):
+        return mask
     depth = ndimage.distance_transform_cdt(mask, metric="chessboard")  # 1 on the mask's edge
-    faded = [
-        label for label in np.unique(beyond[beyond > 0]) if soft(seen, depth, parts == label, reach)
-    ]
+    copy = cast_copy(mask & near, np.isin(parts, candidates), mask)
+
+    def cast_or_faded(part: Mask) -> bool:
+        cast = copy is not None and (copy & part).sum() >= CAST_COVER * part.sum()
+        return bool(cast) or soft(seen, depth, part, reach)
+
+    faded = [label for label in candidates if cast_or_faded(parts == label)]
     shadow = np.isin(parts, faded)
     if shadow.any():
         shadow |= ndimage.binary_dilation(shadow, square, iterations=reach) & ~body
     return np.asarray(mask & ~shadow, dtype=bool)
+
+
+def cast_copy(kept: Mask, beyond: Mask, mask: Mask) -> Mask | None:
+    """The object `kept` moved by as far as the mask reaches past its box (down or up, right or
+    left: where a shadow it casts would fall), when that copy lies within the mask (all but
+    `CAST_SPILL` of it). None when the mask reaches past the box on opposite sides (not one
+    shadow) or the copy does not fit."""
+    top, left, bottom, right = mask_box(kept)
+    top_, left_, bottom_, right_ = mask_box(kept | beyond)
+    if (top_ < top and bottom_ > bottom) or (left_ < left and right_ > right):
+        return None
+    down = bottom_ - bottom if bottom_ > bottom else top_ - top
+    across = right_ - right if right_ > right else left_ - left
+    height, width = kept.shape
+    copy = np.zeros_like(kept)
+    copy[max(down, 0) : height + min(down, 0), max(across, 0) : width + min(across, 0)] = kept[
+        max(-down, 0) : height - max(down, 0), max(-across, 0) : width - max(across, 0)
+    ]
+    return copy if (copy & ~mask).sum() <= CAST_SPILL * copy.sum() else None
 
 
 def soft(seen: Plane, depth: NDArray[np.int32], part: Mask, reach: int) -> bool:

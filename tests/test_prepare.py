@@ -247,7 +247,7 @@ def gray_photo(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
-def test_a_soft_shadow_is_cut_off_and_a_dim_part_with_a_sharp_edge_kept():
+def test_a_shadow_soft_or_hard_is_cut_off_and_a_dim_part_with_a_sharp_edge_kept():
     # A dark collar over a dim body, both sharp edged: the body is the garment's, though it lies
     # far beyond the reach of the collar (the core), and is kept.
     paper = np.full((300, 400), 235.0)
@@ -255,14 +255,15 @@ def test_a_soft_shadow_is_cut_off_and_a_dim_part_with_a_sharp_edge_kept():
     dim[90:110, 250:310] = 0
     dim[110:210, 250:310] = 200  # 35 grey levels under the paper
     assert within(P.prepare(gray_photo(dim), PrepareConfig()).box, pixels=2)
-    # The same outline all dark, with a soft shadow: its silhouette blurred (a tenth of its size)
-    # and moved down and to the right by an eighth, darkening the paper by 30% at most.
+    # The same outline all dark, with a shadow: its silhouette blurred (a tenth of its size: soft;
+    # half a pixel: hard) and moved down and to the right by an eighth, darkening the paper by 30%.
     ink = np.zeros((300, 400))
     ink[90:210, 250:310] = 1
-    cast = np.roll(ndimage.gaussian_filter(ink, 12), (15, 15), axis=(0, 1))
-    shadowed = P.prepare(gray_photo(paper * (1 - 0.3 * cast) * (1 - ink)), PrepareConfig())
-    assert within(shadowed.box, pixels=2)  # 2: the margin
-    assert shadowed.pixels[:, 21:].max() == 0  # right of the 28 x 14 object: no shadow left
+    for blur in (12, 0.5):
+        cast = np.roll(ndimage.gaussian_filter(ink, blur), (15, 15), axis=(0, 1))
+        shadowed = P.prepare(gray_photo(paper * (1 - 0.3 * cast) * (1 - ink)), PrepareConfig())
+        assert within(shadowed.box, pixels=2), blur  # 2: the margin
+        assert shadowed.pixels[:, 21:].max() == 0, blur  # right of the 28 x 14 object: no shadow
 
 
 def test_a_small_object_in_a_large_picture(tmp_path):
