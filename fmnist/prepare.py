@@ -19,7 +19,9 @@ redoes the dataset's recipe on a real background, with scikit-image for the imag
    light background is thereby inverted; `PrepareConfig.invert` forces the grayscale way);
 4. `object_mask`: the pixels whose contrast is above `background noise * NOISE_K` (at least
    `OBJECT_LEVEL`), opened to drop specks, the largest connected component and those near it (a
-   sandal's straps, a trouser's two legs), holes filled;
+   sandal's straps, a trouser's two legs), holes filled; then `without_shadow`: a shadow beside
+   the object cut off (a part beyond the object's core that fades in, or that a moved copy of
+   the object covers), a garment's own dim parts kept;
 5. `turn_of`: a garment turned by a few degrees is turned back when its mirror axis is clearly
    tilted (the dataset's tops, trousers, dresses, coats and bags are mirror images of themselves
    about an upright axis) or, for one that is not (a shoe), when its mask's smallest enclosing
