@@ -441,10 +441,10 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     shadow when it fades in softly (`soft`) or lies where a moved copy of the object falls (a
     hard shadow: `cast_copy`), and is cut off with the band of that reach next to it (the shadow
     goes on up to the object); any other part is the object's own (a dark garment's dim body
-    below its bright collar). Faint parts inside that box stay: they are
-    enclosed by the object. Left as it is when the core touches the picture's edge: a picture
-    cropped tight to its object, as the dataset's are, has no room for a shadow (a shadow may
-    still run off the edge of a picture whose object does not)."""
+    below its bright collar). Faint parts inside that box stay: they are enclosed by the object.
+    Left as it is when the core touches the picture's edge: a picture cropped tight to its object,
+    as the dataset's are, has no room for a shadow (a shadow may still run off the edge of a
+    picture whose object does not)."""
     if not mask.any():
         return mask
     core = mask & (seen > CORE_SHARE * float(np.percentile(seen[mask], 99)))
@@ -454,14 +454,15 @@ def without_shadow(mask: Mask, seen: Plane) -> Mask:
     reach = max(1, round(CORE_REACH * max(bottom - top, right - left)))
     body, square = filled(core), np.ones((3, 3), dtype=bool)
     near = ndimage.binary_dilation(body, square, iterations=reach)
+    kept = mask & near
     parts, _ = ndimage.label(mask & ~near, square)
     beyond = parts.copy()
-    beyond[slice_of(mask_box(mask & near))] = 0
+    beyond[slice_of(mask_box(kept))] = 0
     candidates = np.unique(beyond[beyond > 0])
     if not len(candidates):
         return mask
     depth = ndimage.distance_transform_cdt(mask, metric="chessboard")  # 1 on the mask's edge
-    copy = cast_copy(mask & near, np.isin(parts, candidates), mask)
+    copy = cast_copy(kept, np.isin(parts, candidates), mask)
 
     def cast_or_faded(part: Mask) -> bool:
         cast = copy is not None and (copy & part).sum() >= CAST_COVER * part.sum()
@@ -485,11 +486,7 @@ def cast_copy(kept: Mask, beyond: Mask, mask: Mask) -> Mask | None:
         return None
     down = bottom_ - bottom if bottom_ > bottom else top_ - top
     across = right_ - right if right_ > right else left_ - left
-    height, width = kept.shape
-    copy = np.zeros_like(kept)
-    copy[max(down, 0) : height + min(down, 0), max(across, 0) : width + min(across, 0)] = kept[
-        max(-down, 0) : height - max(down, 0), max(-across, 0) : width - max(across, 0)
-    ]
+    copy = ndimage.shift(kept, (down, across), order=0, mode="constant", cval=False)
     return copy if (copy & ~mask).sum() <= CAST_SPILL * copy.sum() else None
 
 
