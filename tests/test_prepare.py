@@ -195,7 +195,7 @@ def photo(rng: np.random.Generator, background, noise: float = 0.0, size=(300, 4
     base[90:210, 250:310] = 30
     base[120:180, 270:290] = 90
     base += rng.normal(0, noise, base.shape) if noise else 0
-    return Image.fromarray(np.clip(np.rint(base), 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(P.as_uint8(base), "RGB")
 
 
 TRUE_BOX = (90, 250, 210, 310)
@@ -238,13 +238,9 @@ def test_a_textured_tables_noise_is_how_far_it_reaches_so_faint_parts_stay():
     base = np.broadcast_to(grain, (300, 400, 3)).copy()
     base[90:210, 250:310] = 30
     base[210:240, 250:310] -= 50  # a faint part: 50 grey levels darker than the table
-    image = Image.fromarray(np.clip(np.rint(base), 0, 255).astype(np.uint8), "RGB")
+    image = Image.fromarray(P.as_uint8(base), "RGB")
     prepared = P.prepare(image, PrepareConfig())
     assert within(prepared.box, (87, 247, 243, 313), pixels=2)  # with it (and a 3-pixel margin)
-
-
-def gray_photo(values: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
 def test_a_shadow_soft_or_hard_is_cut_off_and_a_dim_part_with_a_sharp_edge_kept():
@@ -254,14 +250,16 @@ def test_a_shadow_soft_or_hard_is_cut_off_and_a_dim_part_with_a_sharp_edge_kept(
     dim = paper.copy()
     dim[90:110, 250:310] = 0
     dim[110:210, 250:310] = 200  # 35 grey levels under the paper
-    assert within(P.prepare(gray_photo(dim), PrepareConfig()).box, pixels=2)
+    assert within(P.prepare(P.image_of(P.as_uint8(dim)), PrepareConfig()).box, pixels=2)
     # The same outline all dark, with a shadow: its silhouette blurred (a tenth of its size: soft;
     # half a pixel: hard) and moved down and to the right by an eighth, darkening the paper by 30%.
     ink = np.zeros((300, 400))
     ink[90:210, 250:310] = 1
     for blur in (12, 0.5):
         cast = np.roll(ndimage.gaussian_filter(ink, blur), (15, 15), axis=(0, 1))
-        shadowed = P.prepare(gray_photo(paper * (1 - 0.3 * cast) * (1 - ink)), PrepareConfig())
+        shadowed = P.prepare(
+            P.image_of(P.as_uint8(paper * (1 - 0.3 * cast) * (1 - ink))), PrepareConfig()
+        )
         assert within(shadowed.box, pixels=2), blur  # 2: the margin
         assert shadowed.pixels[:, 21:].max() == 0, blur  # right of the 28 x 14 object: no shadow
 
