@@ -49,6 +49,13 @@ def _os_error(error: BaseException | None) -> OSError | None:
     return error
 
 
+def cannot_write(path: Path, cause: OSError, what: str = "") -> str:
+    """ "cannot write WHAT PATH (reason): fix", one line, the fix where `FIXES` has one."""
+    fix = FIXES.get(cause.errno) if cause.errno is not None else None
+    reason = cause.strerror or str(cause).splitlines()[0]
+    return f"cannot write {what + ' ' if what else ''}{path} ({reason}){': ' + fix if fix else ''}"
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str = "") -> None:
     """`write(f)` into a temporary file beside `path`, then make it `path`, durably.
 
@@ -72,11 +79,8 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], what: str 
         cause = _os_error(e)  # torch.save wraps the OSError of a full disk in its own error
         if cause is None:
             raise
-        fix = FIXES.get(cause.errno) if cause.errno is not None else None
-        reason = cause.strerror or str(cause).splitlines()[0]
         raise UserError(
-            f"cannot write {what + ' ' if what else ''}{path} ({reason})"
-            f"{': ' + fix if fix else ''}; the previous {what or 'file'}, if any, is intact"
+            f"{cannot_write(path, cause, what)}; the previous {what or 'file'}, if any, is intact"
         ) from None
     finally:
         if tmp:

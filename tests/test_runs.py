@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from fmnist import checkpoint
 from fmnist.benchmark import compose_train
 from fmnist.errors import UserError
 from fmnist.files import write_atomically, write_text_atomically
+from fmnist.report.board import TensorBoard
 from fmnist.run_state import Checkpoints, Progress
 from fmnist.runs import claim, config_differences, forget_all, new_directory, put_back
 from fmnist.train import build
@@ -407,6 +409,30 @@ def test_a_full_disk_is_one_line_naming_it_and_keeps_the_previous_file(small_dis
     assert "the disk is full: free some space" in message and "\n" not in message
     assert checkpoint.load(path)["model"]["w"].shape == (10,)  # the previous one, intact
     assert [p.name for p in small_disk.iterdir()] == ["best.pt"]
+
+
+def test_tensorboard_on_a_full_disk_is_one_line_and_never_hides_the_runs_own_error(
+    tmp_path, monkeypatch
+):
+    def full() -> None:  # what SummaryWriter.close raises when its thread found the disk full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    board = TensorBoard(tmp_path / "run")
+    closed = board.writer.close
+    monkeypatch.setattr(board.writer, "close", full)
+    with pytest.raises(UserError) as failed:
+        board.close()
+    assert str(failed.value) == (
+        f"cannot write TensorBoard events in {tmp_path / 'run'} (No space left on device): "
+        "the disk is full: free some space"
+    )
+    closed()
+    # A run that already stopped (its checkpoint did not fit) reports that, not the events file.
+    with pytest.raises(UserError, match=r"^the run's own$"), TensorBoard(tmp_path / "b") as again:
+        closed = again.writer.close
+        monkeypatch.setattr(again.writer, "close", full)
+        raise UserError("the run's own")
+    closed()
 
 
 @pytest.mark.slow

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from fmnist.errors import UserError
+from fmnist.files import cannot_write
 from fmnist.report.figures import confusion_figure
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ class TensorBoard:
     """The run's one SummaryWriter (or, when disabled, nothing at all)."""
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, enabled: bool = True) -> None:
+        self.run_dir = run_dir
         self.writer = (
             SummaryWriter(log_dir=str(run_dir), purge_step=purge_step) if enabled else None
         )
@@ -130,15 +133,23 @@ class TensorBoard:
             _, _, end = hparams({}, {})
             self.writer._get_file_writer().add_summary(end)
 
-    def close(self) -> None:
-        if self.writer is not None:
+    def close(self, failing: bool = False) -> None:
+        """Flush and close. An events file that could not be written (its writer's thread found
+        the disk full) is one line naming the fix, as a checkpoint is; `failing`: the run already
+        stopped with its own error, which is the one to report (a full disk stops both)."""
+        if self.writer is None:
+            return
+        try:
             self.writer.close()
+        except OSError as e:
+            if not failing:
+                raise UserError(cannot_write(self.run_dir, e, "TensorBoard events in")) from None
 
     def __enter__(self) -> TensorBoard:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *rest: object) -> None:
+        self.close(failing=kind is not None)
 
 
 def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:

@@ -121,9 +121,9 @@ class TrainingReport:
         self._redirect.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._redirect.__exit__(*exc)
-        self.board.close()
+    def __exit__(self, kind: object, *rest: object) -> None:
+        self._redirect.__exit__(kind, *rest)
+        self.board.close(failing=kind is not None)
 
     def start(
         self,
