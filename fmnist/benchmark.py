@@ -34,6 +34,7 @@ from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_text_atomically
 from fmnist.loaders import Loader
 from fmnist.losses import cross_entropy
+from fmnist.script_configs import validate_benchmark
 from fmnist.train import build
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -449,6 +450,7 @@ def table(results: dict[str, Any]) -> str:
 def main(cfg: DictConfig) -> dict[str, Any]:
     """`scripts/benchmark.py`: measure, print a table, write benchmark.json to the run dir."""
     with runs.removed_if_unused(runs.output_dir()) as out:
+        validate_benchmark(cfg)
         check_presets(cfg.presets)
         results = measure(cfg)
         write_text_atomically(out / "benchmark.json", json.dumps(results, indent=2) + "\n")

@@ -15,6 +15,8 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import is_dataclass
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import (
@@ -61,10 +63,16 @@ def command_line_error(error: Exception, arguments: list[str]) -> str:
                 f"{group}={name} is not an option of {group}: choose one of "
                 f"{', '.join(error.options)}"
             )
-    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and isinstance(
-        cause.object_type, type
-    ):
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and is_dataclass(cause.object_type):
         return str(unknown_key(str(cause.full_key), cause.object_type))
+    not_a_group = re.search(r"Could not override '([^']+)'. No match in the defaults", str(error))
+    if not_a_group:  # `model=linear` to a script without a model group
+        key, script = not_a_group[1], _script()
+        given = next((item for item in arguments if item.lstrip("+~").startswith(key)), key)
+        return (
+            f"{key} is not a setting of {script}: leave out {given} "
+            f"(`python {script} --help` lists its settings)"
+        )
     if isinstance(cause, ValidationError):
         given = re.search(r"override (\S+)", str(error))
         setting = given.group(1) if given else cause.full_key
@@ -79,6 +87,12 @@ def command_line_error(error: Exception, arguments: list[str]) -> str:
             else f"cannot read the command line: {reason}"
         )
     return " ".join(str(error).split())
+
+
+def _script() -> str:
+    """The script being run, as the user would type it (scripts/app.py)."""
+    path = Path(sys.argv[0])
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def _parses(argument: str) -> bool:

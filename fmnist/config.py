@@ -320,11 +320,11 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 def validate(cfg: DictConfig) -> object:
     """Check every key, range and choice; the first problem is raised as a one-line `UserError`
     (`+optimizer.lrr=0.1` adds a key Hydra lets through: refused here, as a typo is)."""
-    _check_keys(cfg)
+    check_keys(cfg)
     return OmegaConf.to_object(cfg)
 
 
-def _check_keys(node: DictConfig, prefix: str = "") -> None:
+def check_keys(node: DictConfig, prefix: str = "") -> None:
     """Every key of `node`, and of the sections under it, must be a field of its dataclass."""
     schema = OmegaConf.get_type(node)
     keys = [str(key) for key in node]
@@ -334,7 +334,7 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
                 raise unknown_key(f"{prefix}{key}", schema)
     for key in keys:
         if not OmegaConf.is_missing(node, key) and isinstance(node[key], DictConfig):
-            _check_keys(node[key], f"{prefix}{key}.")
+            check_keys(node[key], f"{prefix}{key}.")
 
 
 def unknown_key(key: str, schema: type[Any]) -> UserError:

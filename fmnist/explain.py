@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist.data import CLASSES
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
+from fmnist.script_configs import validate_explain
 
 DECIMALS = 4  # probabilities and losses are shown to 4 decimals, as on paper
 AGREE_TOLERANCE = 1e-6
@@ -26,8 +27,10 @@ Matrix = list[list[float]]
 
 
 @reports_user_errors
-def main(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Print the explanation for the input in `cfg` (keys: logits, targets, probs, target)."""
+def main(cfg: DictConfig) -> None:
+    """Print the explanation for the input in `cfg` (`ExplainConfig`: logits, targets, probs,
+    target, example)."""
+    validate_explain(cfg)
     print(explain(cfg))
 
 
@@ -94,12 +97,15 @@ def explain_logits(logits: Matrix, targets: list[int]) -> str:
         ]
     ours = cross_entropy(x, t)
     theirs = torch.nn.CrossEntropyLoss()(x, t)
-    exact = ", ".join(f"{v:.6f}" for v in cross_entropy(x, t, reduction="none").tolist())
+    exact = ", ".join(
+        f"{v:.6f}" if abs(v) < 1e6 else number(v)
+        for v in cross_entropy(x, t, reduction="none").tolist()
+    )
     lines += [
         "(Step 5 uses q rounded to 4 decimals, as on paper; the mean uses the exact q.)",
         f"Mean loss over {_count(n, 'sample')} (exact per-sample losses {exact}): "
-        f"{ours.item():.{DECIMALS}f}",
-        f"PyTorch, torch.nn.CrossEntropyLoss()(logits, targets): {theirs.item():.{DECIMALS}f}",
+        f"{number(ours.item())}",
+        f"PyTorch, torch.nn.CrossEntropyLoss()(logits, targets): {number(theirs.item())}",
         _agreement(ours.item(), theirs.item()),
     ]
     return "\n".join(lines)
@@ -123,14 +129,14 @@ def explain_probs(probs: Matrix, targets: list[int]) -> str:
             *_distribution_lines(probs[i], targets[i], step=""),
             f"  loss = -sum_c p_c * log(q_c) = {worked_expansion(probs[i], targets[i], losses[i])}",
             f"       = -log(q[target]) = -log({probs[i][targets[i]]:.{DECIMALS}f}) "
-            f"= {losses[i].item():.{DECIMALS}f}",
+            f"= {number(losses[i].item())}",
             "",
         ]
     ours = losses.mean()
     theirs = torch.nn.NLLLoss()(q.log(), t)  # NLLLoss picks -log q[target] and averages
     lines += [
-        f"Mean loss over {_count(n, 'sample')}: {ours.item():.{DECIMALS}f}",
-        f"PyTorch, torch.nn.NLLLoss()(log(q), target): {theirs.item():.{DECIMALS}f}",
+        f"Mean loss over {_count(n, 'sample')}: {number(ours.item())}",
+        f"PyTorch, torch.nn.NLLLoss()(log(q), target): {number(theirs.item())}",
         _agreement(ours.item(), theirs.item()),
     ]
     return "\n".join(lines)
@@ -176,7 +182,7 @@ def worked_expansion(q: list[float], target: int, value: torch.Tensor | None = N
         result = -math.log(qy) if qy > 0 else math.inf
     else:
         result = value.item()
-    return f"{expansion(q, target)} = {result:.{DECIMALS}f}"
+    return f"{expansion(q, target)} = {number(result)}"
 
 
 def class_label(target: int, num_classes: int) -> str:
@@ -193,13 +199,29 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def agree(ours: float, theirs: float) -> bool:
+    """The one rule by which our loss and PyTorch's agree (every command and the page use it):
+    within `AGREE_TOLERANCE`, or both the same infinity (a true class with q = 0)."""
+    return (math.isinf(ours) and ours == theirs) or abs(ours - theirs) <= AGREE_TOLERANCE
+
+
+def verdict(ours: float, theirs: float) -> str:
+    """`yes (difference 2.2e-16)`, `yes (both infinite)` or `NO (difference ...)`."""
+    if math.isinf(ours) and ours == theirs:
+        return "yes (both infinite)"
+    return f"{'yes' if agree(ours, theirs) else 'NO'} (difference {abs(ours - theirs):.1e})"
+
+
+def number(value: float) -> str:
+    """A loss or a logit as people write it: 4 decimals (1.7413), or 4 significant digits
+    beyond a million (1e+308, not its 309 digits); `inf` as it is."""
+    if abs(value) < 1e6 or not math.isfinite(value):
+        return f"{value:.{DECIMALS}f}"
+    return f"{value:.4g}"
+
+
 def _agreement(ours: float, theirs: float) -> str:
-    if math.isinf(ours) and ours == theirs:  # a true class with q = 0: both losses infinite
-        return "They agree: yes (both infinite)."
-    difference = abs(ours - theirs)
-    if difference <= AGREE_TOLERANCE:
-        return f"They agree: yes (difference {difference:.1e})."
-    return f"They agree: NO (difference {difference:.1e})."
+    return f"They agree: {verdict(ours, theirs)}."
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The configurations of the commands that use a model (evaluate, snapshot, predict, export, app),
-with their defaults and rules, written once; configs/<command>.yaml adds only Hydra's settings and
-usage notes.
+"""The configurations of every command but training (explain, evaluate, snapshot, predict, export,
+app, the benchmarks), with their defaults and rules, written once; configs/<command>.yaml adds only
+Hydra's settings and usage notes.
 
 As in fmnist.config, Hydra checks types and keys while composing, and `validate` builds the
 dataclass, whose `__post_init__` raises the first bad value as one `UserError` line.
@@ -14,7 +14,7 @@ from typing import Any, cast
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from fmnist.config import DEVICES, at_least, choose, require, validate
+from fmnist.config import DEVICES, at_least, check_keys, choose, require, validate
 from fmnist.data import CLASSES, SPLITS
 from fmnist.engine import TTA_MODES
 from fmnist.errors import UserError
@@ -23,6 +23,34 @@ from fmnist.errors import UserError
 @dataclass
 class DataRootConfig:
     root: str | None = None  # null: $FMNIST_DATA, else data/ at the project root
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/explain.py (fmnist.explain checks the numbers: their shapes depend on each other)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExampleConfig:
+    """What `scripts/explain.py` explains when given nothing: the first worked example."""
+
+    logits: Any = field(default_factory=lambda: [[-1, 0.5, 2], [-1, 0.5, 3]])
+    targets: Any = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class ExplainConfig:
+    logits: Any = None  # class scores: one row [x1,...,xC], or rows [[...],[...]]
+    targets: Any = None  # the true class of each row: an integer, or a list [1,2]
+    probs: Any = None  # probabilities already normalised, one row or a list of rows
+    target: Any = None  # the same as targets (the name used with probs)
+    example: ExampleConfig = field(default_factory=ExampleConfig)
+
+
+def validate_explain(cfg: DictConfig) -> ExplainConfig:
+    """Check every key (a misspelt one is refused, not ignored); fmnist.explain checks the
+    numbers."""
+    return cast(ExplainConfig, validate(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +96,9 @@ class EvaluateConfig:
 
 
 def required(cfg: DictConfig, key: str, usage: str) -> None:
-    """`key` must be given: else one line showing how (`usage`)."""
+    """`key` must be given: else one line showing how (`usage`). A misspelt key is named
+    first: it may be the required one."""
+    check_keys(cfg)
     if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, "", []):
         raise UserError(f"{key} is required: {usage}")
 
@@ -261,7 +291,7 @@ HALF_TRAINED_COAT = (0.1058, 0.1043, 0.0988, 0.1066, 0.0875, 0.0881, 0.1027, 0.1
 
 @dataclass
 class LessonConfig:
-    """The lesson tab's second example, prefilled (the first is explain.yaml's `example`): a
+    """The lesson tab's second example, prefilled (the first is `ExplainConfig.example`): a
     half-trained model's q for a Coat, whose loss is -log(0.0875) = 2.4361."""
 
     probs: list[float] = field(default_factory=lambda: list(HALF_TRAINED_COAT))
@@ -304,12 +334,63 @@ class AppBenchmarkConfig:
         at_least("clients", self.clients, 1)
 
 
+def validate_app_benchmark(cfg: DictConfig) -> AppBenchmarkConfig:
+    """Check every key, range and choice; the first problem is raised as a one-line `UserError`."""
+    return cast(AppBenchmarkConfig, validate(cfg))
+
+
 def validate_app(cfg: DictConfig) -> AppConfig:
-    """Check every range and choice; the first problem is raised as a one-line `UserError`."""
-    return cast(AppConfig, OmegaConf.to_object(cfg))
+    """Check every key, range and choice; the first problem is raised as a one-line `UserError`."""
+    return cast(AppConfig, validate(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/benchmark.py
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchmarkConfig:
+    """`scripts/benchmark.py`: speed side by side with the standard pipeline (fmnist.benchmark)."""
+
+    steps: int = 40  # training batches timed per repeat
+    repeats: int = 5  # medians over this many repeats (after one warm-up)
+    data_subset: int | None = None  # time the data path on N training samples (null: all 55000)
+    loss_shapes: list[list[int]] = field(
+        default_factory=lambda: [[256, 10], [4096, 10], [1024, 1000]]
+    )
+    loss_calls: int = 200  # forward+backward calls per loss timing
+    agreement_steps: int = 50  # compare loss=scratch and loss=torch over this many steps (0: skip)
+    agreement_overrides: list[str] = field(default_factory=list)  # e.g. [model=linear]
+    presets: list[str] = field(default_factory=list)  # whole training runs: [smoke, fast, default,
+    # best, "model=linear"]: median times, mean ± std accuracy, the time-to-accuracy table
+    preset_repeats: int = 3  # runs of each preset, seeds 0, 1, ...
+    preset_timeout: float = 1800  # seconds
+    photos: int = 100  # time reading, preparing and predicting this many 4032x3024 JPEGs (0: skip)
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "repeats", "loss_calls", "preset_repeats"):
+            at_least(key, getattr(self, key), 1)
+        at_least("data_subset", self.data_subset, 1)
+        for key in ("agreement_steps", "photos"):
+            at_least(key, getattr(self, key), 0, "must be 0 (skip) or more")
+        require(
+            all(len(shape) == 2 and min(shape) >= 1 for shape in self.loss_shapes),
+            "loss_shapes",
+            self.loss_shapes,
+            "give [N, C] pairs of positive sizes: [[256,10],[1024,1000]]",
+        )
+        require(self.preset_timeout > 0, "preset_timeout", self.preset_timeout, "must be > 0")
+
+
+def validate_benchmark(cfg: DictConfig) -> BenchmarkConfig:
+    """Check every key, range and choice; the first problem is raised as a one-line `UserError`."""
+    return cast(BenchmarkConfig, validate(cfg))
 
 
 store = ConfigStore.instance()
+store.store(name="explain_schema", node=ExplainConfig)
+store.store(name="benchmark_schema", node=BenchmarkConfig)
 store.store(name="evaluate_schema", node=EvaluateConfig)
 store.store(name="snapshot_schema", node=SnapshotConfig)
 store.store(name="predict_schema", node=PredictConfig)

@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 import fmnist.app.load
+import fmnist.cli
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark_app")
@@ -16,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    fmnist.cli.run(main)

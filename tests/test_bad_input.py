@@ -12,7 +12,15 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import SMOKE_RUN, RunsCode, copy_run, png_header, run_in_process, run_script
+from conftest import (
+    ROOT,
+    SMOKE_RUN,
+    RunsCode,
+    copy_run,
+    png_header,
+    run_in_process,
+    run_script,
+)
 from omegaconf import OmegaConf
 
 from fmnist import data
@@ -225,6 +233,11 @@ CASES = [
     (EXPLAIN, ["logits=[1,2,3]", "targets=3"], "error:"),
     (EXPLAIN, ["logits=[1,a,3]", "targets=0"], "error:"),
     (EXPLAIN, ["probs=[0.5,0.6]", "target=0"], "error:"),
+    (
+        EXPLAIN,
+        ["logit=[1,2,3]", "targets=0"],
+        "error: logit is not a setting of the config: its settings are logits, targets, probs",
+    ),
     (EVALUATE, [], "ckpt_path is required"),
     (EVALUATE, ["ckpt_path={tmp}/nowhere.pt", "tta=shift"], "choose one of none, flip, flip_shift"),
     (EVALUATE, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
@@ -321,6 +334,9 @@ CASES = [
     ),
     (BENCHMARK, ['presets=["trainer.max_epochs=0"]'], "trainer.max_epochs=0 is invalid"),
     (BENCHMARK, ["hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
+    (BENCHMARK, ["stepss=3"], "error: stepss is not a setting of the config: its settings are"),
+    (BENCHMARK, ["steps=0"], "error: steps=0 is invalid: must be at least 1"),
+    (BENCHMARK, ["loss_shapes=[[256]]"], "error: loss_shapes=[[256]] is invalid: give [N, C]"),
     (APP, ["ckpt_path={tmp}/nowhere.pt"], "no checkpoint at"),
     (APP, ["ckpt_path={foreign_ckpt}"], "is a PyTorch file but not an fmnist checkpoint"),
     (APP, ["ckpt_path={pickle_ckpt}"], "was refused"),
@@ -333,7 +349,23 @@ CASES = [
     (APP, ["server.host=192.0.2.1"], "server.host=192.0.2.1 is not an address of this machine"),
     (APP, ["device=tpu"], "choose one of auto, cpu, cuda"),
     (APP, ["lesson.probs=[0.5,0.5]"], "give 10 probabilities, one per Fashion-MNIST class"),
+    (APP, ["server.prt=1"], "error: server.prt is not a setting of server: its settings are host"),
+    (
+        APP,
+        ["server.port=abc"],
+        "error: server.port=abc is invalid: Value 'abc' of type 'str' could not be converted",
+    ),
+    (APP, ["foo=1"], "error: foo is not a setting of the config: its settings are ckpt_path"),
+    (APP, ["+foo=1"], "error: foo is not a setting of the config: its settings are ckpt_path"),
+    (
+        APP,
+        ["model=linear"],
+        "error: model is not a setting of scripts/app.py: leave out model=linear "
+        "(`python scripts/app.py --help` lists its settings)",
+    ),
     (BENCHMARK_APP, ["clients=0"], "clients=0 is invalid: must be at least 1"),
+    (BENCHMARK_APP, ["model=linear"], "error: model is not a setting of scripts/benchmark_app.py"),
+    (BENCHMARK_APP, ["+calls2=1"], "error: calls2 is not a setting of the config"),
     (BENCHMARK_APP, ["ckpt_path={tmp}/nowhere.pt", "calls=1"], "no checkpoint at"),
 ]
 
@@ -354,6 +386,9 @@ REAL = {  # (script, *its arguments)
     (EXPORT, "ckpt_path={foreign_ckpt}"),
     (BENCHMARK, "presets=[fast,nosuch]"),
     (APP, "server.port={busy_port}"),
+    (APP, "model=linear"),
+    (BENCHMARK_APP, "clients=0"),
+    (EXPLAIN, "logit=[1,2,3]", "targets=0"),
 }
 IN_A_REAL_PROCESS = [case for case in CASES if (case[0], *case[1]) in REAL]
 assert len(IN_A_REAL_PROCESS) == len(REAL), "REAL names a case CASES does not have"
@@ -370,6 +405,20 @@ def test_bad_input(files, tmp_path, script, arguments, message):
 )
 def test_bad_input_in_a_real_process(files, tmp_path, script, arguments, message):
     check(run_script, files, tmp_path, script, arguments, message)
+
+
+SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("setting", ["nosuch=1", "+nosuch=1"])
+def test_every_script_refuses_an_unknown_setting(files, tmp_path, script, setting):
+    """Every script in scripts/ (a new one cannot skip this): an unknown setting, typed plain or
+    added with +, is its one line naming the setting, not Hydra's several lines nor a traceback;
+    and every script has a case of its own in CASES."""
+    message = "error: nosuch is not a setting of the config: its settings are "
+    check(run_in_process, files, tmp_path, f"scripts/{script}", [setting], message)
+    assert f"scripts/{script}" in {case[0] for case in CASES}
 
 
 def check(run, files, tmp_path, script, arguments, message) -> None:

@@ -6,17 +6,32 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import run_in_process
+from conftest import ROOT, run_in_process
 
 from fmnist.config import OPTIONS
 
-SCRIPTS = {  # a script, and settings of its own that its --help must list
-    "evaluate": ("ckpt_path: ???", "split: test", "tensorboard: false"),
-    "export": ("ckpt_path: ???", "format: onnx"),
-    "predict": ("images: ???", "prepare:", "invert: auto"),
-    "snapshot": ("target_class: null", "probs: null", f"model: {', '.join(OPTIONS['model'])}"),
-    "explain": ("logits: null", "probs: null", "Give EITHER logits with targets"),
+SCRIPTS = {  # a script: how its --help starts, and settings of its own it must list
+    "evaluate": ("Evaluate", "ckpt_path: ???", "split: test", "tensorboard: false"),
+    "export": ("Export", "ckpt_path: ???", "format: onnx"),
+    "predict": ("Predict", "images: ???", "prepare:", "invert: auto"),
+    "snapshot": (
+        "One image",
+        "target_class: null",
+        "probs: null",
+        f"model: {', '.join(OPTIONS['model'])}",
+    ),
+    "explain": ("Explain", "logits: null", "probs: null", "Give EITHER logits with targets"),
+    "app": ("Serve the lesson", "ckpt_path: null", "port: 7860"),
+    "benchmark": ("Measure fmnist", "steps: 40", "presets: []"),
+    "benchmark_app": ("The page's API under load", "calls: 200", "clients: 8"),
 }
+ALL_SCRIPTS = sorted(path.stem for path in (ROOT / "scripts").glob("*.py"))
+
+
+def test_every_script_is_checked_here():
+    """A new script in scripts/ cannot be left out: its --help is checked here, and its
+    mistakes in tests/test_bad_input.py (`test_every_script_refuses_an_unknown_setting`)."""
+    assert sorted([*SCRIPTS, "train"]) == ALL_SCRIPTS
 
 
 @pytest.mark.slow
@@ -26,11 +41,12 @@ def test_help_lists_only_the_scripts_own_settings(script, tmp_path):
     command, because fmnist.config registers them in Hydra's ConfigStore."""
     result = run_in_process(f"scripts/{script}.py", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(("Evaluate", "Export", "Predict", "One image", "Explain"))
-    for setting in SCRIPTS[script]:
+    start, *settings = SCRIPTS[script]
+    assert result.stdout.startswith(start)
+    for setting in settings:
         assert setting in result.stdout, setting
-    for group in ("optimizer", "scheduler", "loss:", "experiment", "trainer"):
-        assert group not in result.stdout, group
+    for group in ("optimizer", "scheduler", "loss:", "experiment", "trainer", "Hydra"):
+        assert group not in result.stdout.replace("Hydra's own options", ""), group
     assert list(tmp_path.iterdir()) == []  # a help writes nothing
 
 

@@ -24,9 +24,9 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fmnist import data, runs
 from fmnist.app.server import NO_MODEL_FIX, model
@@ -34,7 +34,7 @@ from fmnist.benchmark import machine
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_text_atomically
 from fmnist.prepare import image_of
-from fmnist.script_configs import AppBenchmarkConfig, AppConfig
+from fmnist.script_configs import AppConfig, validate_app_benchmark
 
 APP = data.PROJECT_ROOT / "scripts" / "app.py"
 START_TIMEOUT = 600  # seconds for the server to answer (imports torch and Gradio first)
@@ -44,7 +44,7 @@ START_TIMEOUT = 600  # seconds for the server to answer (imports torch and Gradi
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Serve, load, report: print the figures and write benchmark_app.json."""
     with runs.removed_if_unused(runs.output_dir()) as out:  # Hydra's log is in it already
-        settings = cast(AppBenchmarkConfig, OmegaConf.to_object(cfg))
+        settings = validate_app_benchmark(cfg)
         # The model the page will serve, checked here first: a mistake is the app's own line.
         predictor, _ = model(AppConfig(ckpt_path=settings.ckpt_path, device="cpu"))
         if predictor is None:

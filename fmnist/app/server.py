@@ -17,21 +17,20 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fmnist import data, runs
+from fmnist import runs
 from fmnist.app.learning import find_runs
 from fmnist.app.picture import Pictures
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.predict import Predictor, from_checkpoint, from_onnx
-from fmnist.script_configs import AppConfig, ServerConfig, validate_app
+from fmnist.script_configs import AppConfig, ExampleConfig, ServerConfig, validate_app
 
 NO_MODEL_FIX = (
     "train one with `make train` (or `python scripts/train.py experiment=fast`, about a minute)"
 )
 MAX_UPLOAD = "20mb"  # Gradio refuses larger uploads, with a message in the page
 OUTPUTS = Path("outputs")  # where training writes its runs (relative, as configs/train.yaml)
-EXPLAIN_CONFIG = data.PROJECT_ROOT / "configs" / "explain.yaml"  # its `example`: the first lesson
 
 
 @reports_user_errors
@@ -73,9 +72,9 @@ def model(settings: AppConfig) -> tuple[Predictor | None, Path | None]:
 
 
 def explain_example() -> list[list[float]]:
-    """configs/explain.yaml's example (what `scripts/explain.py` explains by default), as rows
-    of [target, x_1, ..., x_C]."""
-    example = OmegaConf.load(EXPLAIN_CONFIG).example
+    """The worked example `scripts/explain.py` explains by default, as rows of
+    [target, x_1, ..., x_C]."""
+    example = ExampleConfig()
     return [[t, *x] for x, t in zip(example.logits, example.targets, strict=True)]
 
 
