@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from fmnist import checkpoint, data, engine, runs
 from fmnist.engine import Compute, predict
 from fmnist.errors import UserError, reports_user_errors
-from fmnist.explain import expansion
+from fmnist.explain import agree, expansion, verdict
 from fmnist.files import write_text_atomically
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
 from fmnist.report import figures
@@ -35,7 +35,6 @@ from fmnist.script_configs import SnapshotConfig, validate_snapshot
 DEFAULT_TARGET = 4  # Coat: the seed's example
 NUM_CLASSES = len(data.CLASSES)
 DECIMALS = 4  # q is shown to 4 decimals, as on paper
-AGREE_TOLERANCE = 1e-6
 LN10 = math.log(NUM_CLASSES)
 
 
@@ -98,7 +97,7 @@ class Snapshot:
                 "by_hand": self.loss_by_hand,
                 "ours": self.loss_ours,
                 "torch": self.loss_torch,
-                "agree": abs(self.loss_ours - self.loss_torch) <= AGREE_TOLERANCE,
+                "agree": agree(self.loss_ours, self.loss_torch),
             },
             "ln10": LN10,
         }
@@ -228,8 +227,6 @@ def report(s: Snapshot) -> str:
         mark = "   <- true class" if pc else ""
         lines.append(f"  {c} {cls:<{width}}{qc:{f}}  {pc}{mark}")
     side = "above" if s.loss_ours >= LN10 else "below"
-    difference = abs(s.loss_ours - s.loss_torch)
-    agree = "yes" if difference <= AGREE_TOLERANCE else "NO"
     ours_call, torch_call = (
         ("cross_entropy_from_probs(q, target)", "torch.nn.NLLLoss()(log(q), target)")
         if s.logits is None
@@ -246,7 +243,7 @@ def report(s: Snapshot) -> str:
         "",
         f"Our loss, fmnist.losses.{ours_call}: {s.loss_ours:.6f}",
         f"PyTorch, {torch_call}: {s.loss_torch:.6f}",
-        f"They agree: {agree} (difference {difference:.1e}).",
+        f"They agree: {verdict(s.loss_ours, s.loss_torch)}.",
     ]
     if round(s.loss_by_hand, DECIMALS) != round(s.loss_ours, DECIMALS):
         lines.append("(By hand uses q rounded to 4 decimals, as printed; the losses use exact q.)")

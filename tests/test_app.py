@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import disguises
 import pytest
 import torch
 from conftest import png_header, run_in_process
@@ -21,7 +23,7 @@ from PIL import Image
 
 from fmnist import data
 from fmnist.app import learning, lesson, server
-from fmnist.app.picture import Pictures
+from fmnist.app.picture import STEP_CAPTIONS, Pictures
 from fmnist.errors import UserError
 from fmnist.losses import cross_entropy
 from fmnist.predict import from_checkpoint
@@ -35,7 +37,7 @@ from fmnist.script_configs import HALF_TRAINED_COAT, AppConfig, PrepareConfig, S
 
 
 def test_the_prefilled_examples_are_the_seeds():
-    """explain.yaml's example gives 0.9185, the half-trained Coat 2.4361, term by term."""
+    """explain.py's example gives 0.9185, the half-trained Coat 2.4361, term by term."""
     rows = server.explain_example()
     assert rows == [[1, -1, 0.5, 2], [2, -1, 0.5, 3]]
     worked = lesson.from_logits(rows)
@@ -81,6 +83,21 @@ def test_a_bad_table_is_one_line_naming_the_cell(rows, message):
     with pytest.raises(UserError) as caught:
         lesson.from_logits(rows)
     assert message in str(caught.value)
+
+
+def test_infinite_losses_agree_by_explain_pys_rule_and_read_as_numbers():
+    """q = 0 on the true class: both losses are infinite, and they agree, as scripts/explain.py
+    says; the numbers stay numbers in JSON ("inf", not null). A logit of 1e308 is written
+    1e+308, not as its 309 digits."""
+    worked = lesson.from_probs([[0, 0.0, 0.5, 0.5]])
+    assert worked.agree and "they agree: yes (both infinite)" in worked.summary()
+    assert "nan" not in worked.summary() and "DISAGREE" not in worked.summary()
+    numbers = json.loads(json.dumps(worked.as_dict()))
+    assert numbers["mean"] == numbers["torch"] == "inf" and numbers["losses"] == ["inf"]
+    assert "They agree: yes (both infinite)." in worked.steps
+    huge = lesson.from_logits([[0, 1, 1e308, -1e308]])
+    assert huge.agree and "**1e+308**" in huge.summary()
+    assert not any(len(run) > 20 for run in re.findall(r"\d+", huge.summary() + huge.steps))
 
 
 def test_probabilities_that_are_not_a_distribution_are_refused():
@@ -129,8 +146,31 @@ def test_a_picture_is_what_predict_py_says_of_it(pictures, test_png, trained_run
     assert "-log(q[" in result.lesson() and result.lesson() in printed
     assert max(result.top, key=result.top.get) == data.CLASSES[shown["top"][0]["class"]]
     captions = [caption for _, caption in result.steps()]
-    assert captions == ["test-1.png, as given", "what the model sees (28x28)"]
+    assert captions == ["test-1.png, as given", "1. what the model sees (28x28)"]
     assert "- doubts: " in result.details() and "`inverted`: False" in result.details()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("disguise", ["blue_on_grey", "gradient_80"])
+def test_every_preparation_step_is_a_captioned_picture(pictures, data_root, disguise, tmp_path):
+    """A photo-like picture goes through every step; each is shown as a picture, in order and
+    captioned, and no array reaches the page's text."""
+    images, _ = data.load_split("test", data_root)
+    path = disguises.write(disguise, images[7].numpy(), 7, tmp_path)
+    result = pictures.file(str(path), PrepareConfig(), None)
+    made = [name for name, _ in result.prediction.picture.prepared.steps]
+    assert made[-1] == "input" and len(made) >= 5, made
+    assert ("evened" in made) == (disguise == "gradient_80") and "mask" in made
+    shown = result.steps()
+    assert [caption for _, caption in shown] == [
+        f"{path.name}, as given",
+        *(f"{n}. {STEP_CAPTIONS[name]}" for n, name in enumerate(made, start=1)),
+    ]
+    assert all(
+        isinstance(picture, Image.Image) and max(picture.size) == 280 for picture, _ in shown[1:]
+    )
+    assert "array" not in result.details() and "[[" not in result.details()
+    assert len(result.details()) < 1000
 
 
 @pytest.mark.slow
@@ -302,6 +342,10 @@ def test_explain_through_gradio_client_is_fmnist_losses(client):
     expected = cross_entropy(x, torch.tensor([2, 0])).item()
     assert numbers["mean"] == expected and numbers["agree"]
     assert f"**{expected:.4f}**" in summary and steps.startswith("Softmax + cross-entropy")
+    table = {"headers": ["target", "a", "b"], "data": [[0, 0.0, 1.0]]}
+    summary, _, _, _, numbers = client.predict(table, api_name="/explain_probs")
+    assert numbers["mean"] == numbers["torch"] == "inf" and numbers["agree"]
+    assert "they agree: yes (both infinite)" in summary
 
 
 @pytest.mark.slow
@@ -317,7 +361,8 @@ def test_predict_through_gradio_client_then_a_bad_file(client, test_png, picture
     expected = pictures.file(str(path), PrepareConfig(), label)
     assert numbers == json.loads(json.dumps(expected.as_dict()))
     assert top["label"] == data.CLASSES[expected.prediction.top[0]]
-    assert len(steps) == 2 and details == expected.details() and worked == expected.lesson()
+    assert [step["caption"] for step in steps] == [caption for _, caption in expected.steps()]
+    assert details == expected.details() and worked == expected.lesson()
     notes = tmp_path / "notes.png"
     notes.write_text("not a picture\n")
     with pytest.raises(AppError, match=r"notes\.png is not a picture Pillow can read"):

@@ -16,7 +16,7 @@ from torch import nn
 
 from fmnist import explain
 from fmnist.data import CLASSES
-from fmnist.explain import DECIMALS, class_label, worked_expansion
+from fmnist.explain import DECIMALS, class_label, number, worked_expansion
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
 from fmnist.report import figures
 
@@ -37,7 +37,7 @@ class Worked:
 
     @property
     def agree(self) -> bool:
-        return abs(self.mean - self.torch_mean) <= explain.AGREE_TOLERANCE
+        return explain.agree(self.mean, self.torch_mean)
 
     def expansions(self) -> list[str]:
         """-sum_c p_c * log(q_c) of each sample, term by term, and its value."""
@@ -48,7 +48,6 @@ class Worked:
 
     def summary(self) -> str:
         """The per-sample expansions, the mean and PyTorch's value, as Markdown."""
-        f = f".{DECIMALS}f"
         lines = [
             f"**Sample {i}** (target {class_label(t, len(q))}): loss = `{line}`  "
             for i, (q, t, line) in enumerate(
@@ -60,13 +59,11 @@ class Worked:
                 "(Each sample's value uses q rounded to 4 decimals, as on paper; the "
                 "mean uses the exact q.)"
             )
-        difference = abs(self.mean - self.torch_mean)
-        verdict = "they agree" if self.agree else "they DISAGREE"
         lines += [
             "",
-            f"**Mean loss, ours** (`{self.ours_call}`): **{self.mean:{f}}**  ",
-            f"**PyTorch** (`{self.torch_call}`): **{self.torch_mean:{f}}**, {verdict} "
-            f"(difference {difference:.1e}).",
+            f"**Mean loss, ours** (`{self.ours_call}`): **{number(self.mean)}**  ",
+            f"**PyTorch** (`{self.torch_call}`): **{number(self.torch_mean)}**, they agree: "
+            f"{explain.verdict(self.mean, self.torch_mean)}.",
         ]
         return "\n".join(lines)
 
@@ -76,7 +73,7 @@ class Worked:
         names = CLASSES if classes == len(CLASSES) else [str(c) for c in range(classes)]
         headers = ["sample", "target", *(f"q {name}" for name in names), "loss (exact q)"]
         rows = [
-            [i, t, *(round(v, DECIMALS) for v in q), round(loss, DECIMALS)]
+            [i, t, *(round(v, DECIMALS) for v in q), _json(round(loss, DECIMALS))]
             for i, (q, t, loss) in enumerate(
                 zip(self.q, self.targets, self.losses, strict=True), start=1
             )
@@ -93,9 +90,9 @@ class Worked:
         return {
             "q": self.q,
             "targets": self.targets,
-            "losses": self.losses,
-            "mean": self.mean,
-            "torch": self.torch_mean,
+            "losses": [_json(v) for v in self.losses],
+            "mean": _json(self.mean),
+            "torch": _json(self.torch_mean),
             "agree": self.agree,
             "expansions": self.expansions(),
         }
@@ -137,6 +134,12 @@ def from_probs(rows: list[list[Any]]) -> Worked:
         steps,
         by_hand=False,
     )
+
+
+def _json(value: float) -> float | str:
+    """A number as JSON can hold it: an infinite loss (q = 0 on the true class) as "inf", which
+    JSON has no number for (it would arrive as null)."""
+    return value if math.isfinite(value) else str(value)
 
 
 def _split(rows: list[list[Any]]) -> tuple[list[Any], list[list[Any]]]:

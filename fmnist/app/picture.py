@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 from torch import Tensor
 
@@ -43,21 +45,20 @@ class Result:
         return dict(zip(self.classes, self.prediction.q, strict=True))
 
     def steps(self) -> list[tuple[Image.Image, str]]:
-        """The picture as given, then every image preparation produced (each 2-D uint8 field of
-        `Prepared`, shown enlarged), captioned."""
+        """The picture as given, then the picture after each step of preparation that changed it
+        (`Prepared.steps`, in order, as predictions.png shows them), captioned."""
         shown = [(self.prediction.picture.thumbnail, f"{self.source}, as given")]
-        for name, value in _fields(self.prediction.picture.prepared):
-            if isinstance(value, Tensor) and value.dim() == 2:
-                caption = "what the model sees (28x28)" if name == "pixels" else name
-                shown.append((enlarged(value), caption))
+        for number, (name, pixels) in enumerate(self.prediction.picture.prepared.steps, start=1):
+            shown.append((displayed(pixels), f"{number}. {STEP_CAPTIONS.get(name, name)}"))
         return shown
 
     def details(self) -> str:
-        """What preparation found, field by field, and the doubts, as Markdown."""
+        """What preparation found (its numbers; its pictures are the steps), and the doubts, as
+        Markdown."""
         lines = [
             f"- `{name}`: {value}"
             for name, value in _fields(self.prediction.picture.prepared)
-            if not (isinstance(value, Tensor) and value.dim() == 2)
+            if name not in ("pixels", "steps")
         ]
         doubts = self.prediction.doubts
         lines.append(
@@ -151,10 +152,26 @@ def flat(pixels: Tensor) -> bool:
     return bool((pixels == pixels.flatten()[0]).all())
 
 
-def enlarged(pixels: Tensor) -> Image.Image:
-    """uint8 (H, W) as a picture `SHOWN` pixels wide, each pixel a square (no smoothing)."""
-    size = (SHOWN, SHOWN * pixels.shape[0] // pixels.shape[1])
-    return image_of(pixels).resize(size, Image.Resampling.NEAREST)
+STEP_CAPTIONS = {  # fmnist.prepare's step names, as the page captions them
+    "grayscale": "grayscale",
+    "evened": "uneven light evened",
+    "inverted": "inverted: each pixel's distance from the background",
+    "contrast": "each pixel's distance from the background",
+    "mask": "the object found (mask)",
+    "crop": "cropped to the object",
+    "turned and cropped": "turned upright and cropped",
+    "input": "what the model sees (28x28)",
+}
+
+
+def displayed(pixels: NDArray[np.uint8]) -> Image.Image:
+    """A step's uint8 (H, W) or (H, W, 3) picture `SHOWN` pixels on its longest side: a small one
+    enlarged with each pixel a square (no smoothing), a large one shrunk."""
+    image = Image.fromarray(pixels)
+    scale = SHOWN / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    return image.resize(size, resample)
 
 
 def _fields(value: Any) -> list[tuple[str, Any]]:
