@@ -33,8 +33,9 @@ train: data
 # test module kept on one worker (its module fixtures made once). test-fast skips the notebooks
 # and the tests marked slow: feedback in under a minute.
 PARALLEL := -n auto --dist loadscope
+NOTEBOOKS := --nbmake --nbmake-timeout=120  # a notebook cell running longer than 2 minutes fails
 test: data
-	$(PY) -m pytest $(PARALLEL) --nbmake --cov $(ARGS)
+	$(PY) -m pytest $(PARALLEL) $(NOTEBOOKS) --cov $(ARGS)
 
 test-fast: data
 	$(PY) -m pytest -m "not slow" $(ARGS)
@@ -42,7 +43,7 @@ test-fast: data
 # The whole suite in three random orders (pytest-randomly): no test may depend on another's
 # leftovers. Each run prints its seed; ARGS="-p randomly --randomly-seed=N" replays one.
 test-random: data
-	for run in 1 2 3; do $(PY) -m pytest $(PARALLEL) --nbmake -p randomly $(ARGS) || exit 1; done
+	for run in 1 2 3; do $(PY) -m pytest $(PARALLEL) $(NOTEBOOKS) -p randomly $(ARGS) || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,7 @@ from fmnist.errors import UserError
 from fmnist.files import write_atomically
 
 FORMAT = 1  # bump when the layout below changes incompatibly
+SWEEP_CONFIG = "multirun.yaml"  # Hydra's copy of a sweep's config: a sweep's directory has one
 
 
 def save(path: Path, **contents: Any) -> None:
@@ -48,6 +49,13 @@ def save(path: Path, **contents: Any) -> None:
 def resolve(path: str | os.PathLike[str], in_run_dir: str = "best.pt") -> Path:
     """A checkpoint file, or a run directory (then its checkpoints/`in_run_dir`)."""
     path = Path(path).expanduser()
+    if (path / SWEEP_CONFIG).is_file():
+        jobs = sorted(job.name for job in path.iterdir() if (job / "checkpoints").is_dir())
+        shown = ", ".join(jobs[:5]) + (f" and {len(jobs) - 5} more" if len(jobs) > 5 else "")
+        raise UserError(
+            f"{path} is a sweep, not a run: give one of its jobs, ckpt_path={path}/<job> "
+            f"({'its jobs: ' + shown if jobs else 'none of its jobs has a checkpoint yet'})"
+        )
     if path.is_dir():
         run_dir, path = path, path / "checkpoints" / in_run_dir
         last = run_dir / "checkpoints" / "last.pt"

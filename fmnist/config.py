@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist.data import CLASSES, SYSTEM_DIRS
 from fmnist.engine import TTA_MODES
-from fmnist.errors import UserError
+from fmnist.errors import SettingsError, UserError
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def option(group: str, name: str) -> Callable[[type[T]], type[T]]:
 def require(ok: bool, key: str, value: Any, rule: str) -> None:
     """Raise the one-line error for `key=value` unless `ok`."""
     if not ok:
-        raise UserError(f"{key}={value} is invalid: {rule}")
+        raise SettingsError(f"{key}={value} is invalid: {rule}")
 
 
 def choose(key: str, value: str, options: tuple[str, ...]) -> None:
@@ -258,14 +258,14 @@ class OneCycleConfig:
 # --------------------------------------------------------------------------------------------
 
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @option("trainer", "default")
 @dataclass
 class TrainerConfig:
     max_epochs: int = 15
-    device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda
+    device: str = "auto"  # auto (cuda, else Apple's mps, else cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (bf16 autocast where the hardware is fast at it) | 32 | bf16
     channels_last: bool = True  # NHWC convolutions: faster on CPUs with AVX-512 and on GPUs
     compile: bool = False  # torch.compile; slower than eager on 2-core CPUs

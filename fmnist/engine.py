@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fmnist import data, distributed
-from fmnist.errors import UserError
+from fmnist.errors import SettingsError, UserError
 from fmnist.losses import cross_entropy
 from fmnist.models import NUM_CLASSES
 
@@ -30,16 +30,25 @@ from fmnist.models import NUM_CLASSES
 
 
 def device(name: str, key: str = "trainer.device") -> torch.device:
-    """`auto`: CUDA when a GPU is visible, else the CPU; under torchrun, this rank's own GPU."""
-    if name == "cuda" and not torch.cuda.is_available():
+    """`auto`: a CUDA GPU when one is visible (under torchrun, this rank's own), else Apple's GPU
+    (MPS), else the CPU."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "cuda" and not cuda:
         raise UserError(f"{key}=cuda but no CUDA GPU is visible: use {key}=auto or cpu")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name == "mps" and not mps:
+        raise UserError(f"{key}=mps but no Apple GPU (MPS) is available: use {key}=auto or cpu")
+    if name == "cuda" or (name == "auto" and cuda):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name == "mps" or (name == "auto" and mps):
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 pays off on GPUs that support it and on CPUs with AVX-512-BF16 or AMX."""
+    """bf16 pays off on GPUs that support it and on CPUs with AVX-512-BF16 or AMX; on Apple's
+    GPUs float32 is used (bf16 there depends on the macOS version, and is untested here)."""
+    if device.type == "mps":
+        return False
     if device.type == "cuda":
         supported: bool = torch.cuda.is_bf16_supported()
         return supported
@@ -244,7 +253,7 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-class NonFiniteLoss(UserError):
+class NonFiniteLoss(SettingsError):
     """The loss became NaN or infinite: training diverged."""
 
 

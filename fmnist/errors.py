@@ -25,6 +25,11 @@ class UserError(Exception):
             self.exit_code = exit_code
 
 
+class SettingsError(UserError):
+    """A mistake in the run's own settings (a value out of range, a learning rate that diverges):
+    the same settings fail again, so a sweep's resume cannot mend it."""
+
+
 class Interrupted(UserError):
     """Training stopped on a signal, after saving a checkpoint: it ends a sweep too."""
 

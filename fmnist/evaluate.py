@@ -188,7 +188,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> tuple[dict[str, Any], SplitData]
         "flagged": (
             (ood.energy(p.logits) > threshold.value).double().mean().item() if threshold else None
         ),
-        "rule": ood.rule(threshold.value if threshold else None),
+        "rule": ood.rule(threshold.value if threshold else None, str(loaded.path)),
     }
     for wrong in results["confidently_wrong"]:
         wrong["true_name"], wrong["predicted_name"] = (

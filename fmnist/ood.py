@@ -16,6 +16,7 @@ pictures that are not clothing (docs/predict.md; the rejected ones in docs/exper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,10 +31,7 @@ FIT_IMAGES = 10000  # training images the threshold is measured on (1000 a class
 QUANTILE = 0.975  # the threshold: the energy that 97.5% of those training images stay below;
 # on experiment=fast's model it flags 2.8% of the test images (0.95 flagged 5.6%)
 BATCH = 512
-UNAVAILABLE = (
-    "The model-based flag is unavailable: this model has no fitted threshold (trained or "
-    "exported before it was added); retrain it to get one."
-)
+UNAVAILABLE = "The model-based flag is unavailable: this model has no fitted threshold"
 
 
 @dataclass
@@ -69,15 +67,26 @@ def from_checkpoint(checkpoint: dict[str, Any]) -> Threshold | None:
         raise UserError("the checkpoint's ood entry is damaged: retrain it") from None
 
 
-def rule(threshold: float | None) -> str:
-    """The flag in one sentence, or why a model has none."""
-    if threshold is None:
-        return UNAVAILABLE
-    return (
-        f"The model's own flag: a picture whose energy (-logsumexp of the logits) is above "
-        f"{threshold:.2f}, where {QUANTILE:.1%} of the training images stay, is unlike anything "
-        "it was trained on."
-    )
+def rule(threshold: float | None, checkpoint: str | None = None) -> str:
+    """The flag in one sentence, or why a model has none: a run fits it for its best.pt alone
+    (the weights it tested), once it finishes; a model trained before the flag existed has
+    none at all. `checkpoint`: the model's checkpoint file, if it is one."""
+    if threshold is not None:
+        return (
+            f"The model's own flag: a picture whose energy (-logsumexp of the logits) is above "
+            f"{threshold:.2f}, where {QUANTILE:.1%} of the training images stay, is unlike "
+            "anything it was trained on."
+        )
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and path.name == "last.pt":
+        run_dir = path.parent.parent
+        if (path.parent / "best.pt").is_file() and (run_dir / "metrics.json").is_file():
+            return (
+                f"{UNAVAILABLE} (a run fits it for its best.pt, the weights it tested, not for "
+                f"last.pt): give ckpt_path={run_dir} to use best.pt with its flag."
+            )
+        return f"{UNAVAILABLE} yet: the run fits it when it finishes (trainer.resume=auto)."
+    return f"{UNAVAILABLE} (trained or exported before it was added): retrain it to get one."
 
 
 def doubt(score: float, threshold: float) -> str | None:

@@ -162,10 +162,13 @@ def read_picture(path: Path) -> Image.Image:
     """The picture (a GIF's first frame), decoded and turned upright as its EXIF says; a file
     Pillow cannot read, or one over its decompression-bomb limit, is a `UserError`.
 
-    A large JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg itself (Pillow's `draft`),
-    the smallest that keeps `DECODED_SIDE` pixels on its shorter side: a 28x28 input needs no
-    more, and a phone's 12 megapixels then decode in a tenth of the time. `decoded_scale` says
-    by how much (the picture's `info["fmnist_scale"]`)."""
+    A large picture is made smaller as it is read, keeping `DECODED_SIDE` pixels on its shorter
+    side: a 28x28 input needs no more. A JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg
+    itself (Pillow's `draft`): a phone's 12 megapixels then decode in a tenth of the time. Any
+    other format is decoded whole, then averaged over blocks of pixels (Pillow's `reduce`) before
+    anything else touches it: a 9400x9400 PNG costs its decoding (about a second, 265 MB for
+    RGB) instead of seconds and gigabytes of preparation. `info["fmnist_scale"]` says by how
+    much it shrank."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -175,8 +178,8 @@ def read_picture(path: Path) -> Image.Image:
                     shorter = DECODED_SIDE / min(image.size)
                     image.draft(None, (ceil(image.width * shorter), ceil(image.height * shorter)))
                 image.load()
-                upright = ImageOps.exif_transpose(image)
-                upright.info[SCALE] = width / image.width
+                upright = ImageOps.exif_transpose(reduced(image, DECODED_SIDE))
+                upright.info[SCALE] = width / upright.width
                 return upright
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -194,6 +197,32 @@ def read_picture(path: Path) -> Image.Image:
             f"{path} could not be read ({reason}): the file is damaged or incomplete; save or "
             "copy it again"
         ) from None
+
+
+# Pillow's `reduce` averages the values of these modes; any other is widened to one first, a band
+# of rows at a time (a palette's indices, or single bits, cannot be averaged; widening the whole
+# of a 9400x9400 GIF at once would take 350 MB).
+AVERAGED_MODES = ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK")
+WIDER_MODE = {"1": "L", "P": "RGBA", "PA": "RGBA"}  # else (16-bit grey) "I"
+BAND_BLOCKS = 16  # rows of blocks widened at a time
+
+
+def reduced(image: Image.Image, side: int) -> Image.Image:
+    """`image` made smaller by a whole factor, averaging blocks of pixels, while its shorter side
+    keeps at least `side` pixels; as it is when it has no more than twice that."""
+    factor = min(image.size) // side
+    if factor < 2:
+        return image
+    if image.mode in AVERAGED_MODES:
+        return image.reduce(factor)
+    wider = WIDER_MODE.get(image.mode, "I")
+    small = Image.new(wider, (ceil(image.width / factor), ceil(image.height / factor)))
+    band = factor * BAND_BLOCKS
+    for top in range(0, image.height, band):
+        rows = image.crop((0, top, image.width, min(top + band, image.height)))
+        small.paste(rows.convert(wider).reduce(factor), (0, top // factor))
+    small.info = {key: value for key, value in image.info.items() if key != "transparency"}
+    return small  # (its alpha holds the transparency now)
 
 
 @dataclass
@@ -314,7 +343,7 @@ def results(
             "threshold": predictor.ood_threshold,
             "quantile": ood.QUANTILE,
             "available": predictor.ood_threshold is not None,
-            "rule": ood.rule(predictor.ood_threshold),
+            "rule": ood.rule(predictor.ood_threshold, predictor.details.get("path")),
         },
         "predictions": [p.as_dict(classes) for p in predictions],
         "failed": failed,

@@ -40,6 +40,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fmnist import checkpoint, distributed
+from fmnist.checkpoint import SWEEP_CONFIG
 from fmnist.config import flatten, option_name, validate
 from fmnist.errors import UserError, reports_user_errors
 
@@ -53,7 +54,6 @@ IGNORED_WHEN_RESUMING = (
     "data.num_workers",
 )
 LOCK = ".lock"
-SWEEP_CONFIG = "multirun.yaml"  # Hydra's copy of a sweep's config, written before its jobs
 _held: list[int] = []  # the lock files this process holds, open until it exits
 
 
@@ -261,14 +261,17 @@ def claim(directory: Path, key: str = "hydra.run.dir") -> bool:
     return True
 
 
-def claimed(directory: Path, what: str, key: str = "hydra.run.dir") -> Path:
-    """`claim(directory)`, or the one-line error saying another process is writing it."""
+def claimed(directory: Path, what: str, key: str = "hydra.run.dir", new: bool = False) -> Path:
+    """`claim(directory)`, or the one-line error saying another process is writing it (`new`:
+    for a new run or sweep, which can go elsewhere)."""
     if not claim(directory, key):
         holder = (directory / LOCK).read_text().strip() or "?"
-        raise UserError(
-            f"{directory} is in use by another process (pid {holder}): wait for it, or stop it "
-            f"before continuing this {what}"
+        fix = (
+            f"give another {key} for this new {what}, or wait for it"
+            if new
+            else f"wait for it, or stop it before continuing this {what}"
         )
+        raise UserError(f"{directory} is in use by another process (pid {holder}): {fix}")
     return directory
 
 
@@ -428,7 +431,7 @@ def run_dir_for(config: dict[str, Any], new_dir: Path, chosen_by_user: bool) -> 
         return search.found
     elif chosen_by_user:
         refuse_to_replace(new_dir)
-        return claimed(new_dir, "run")
+        return claimed(new_dir, "run", new=True)
     else:
         return claimed(new_directory(new_dir), "run")
     if finished(run_dir):

@@ -77,7 +77,7 @@ class EvalDataConfig(DataRootConfig):
 class EvaluateConfig:
     ckpt_path: str = MISSING  # required: a .pt file, or a run directory (then its best.pt)
     split: str = "test"  # test | val (the run's own validation images) | train (its training set)
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | mps
     tta: str | None = None  # null: as the run evaluated (its trainer.tta); none|flip|flip_shift
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     top_confused: int = 5  # most confused class pairs to list
@@ -140,7 +140,7 @@ class SnapshotConfig:
     split: str = "test"  # test | train: the official split the image comes from
     ckpt_path: str | None = None  # a (partially) trained checkpoint instead of an untrained model
     probs: list[float] | None = None  # 10 probabilities (4 decimals are fine) instead of a model
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | mps
     data: DataRootConfig = field(default_factory=DataRootConfig)
 
     def __post_init__(self) -> None:
@@ -225,7 +225,7 @@ class PredictConfig:
     images: Any = MISSING  # required: image files and directories, images=[a.png,photos/]
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     target: Any = None  # a class, 0..9 or a name (target=coat): adds the cross-entropy lesson
-    device: str = "auto"  # auto | cpu | cuda, for a checkpoint (an .onnx runs on the CPU)
+    device: str = "auto"  # auto | cpu | cuda | mps, for a checkpoint (an .onnx runs on the CPU)
 
     def __post_init__(self) -> None:
         paths = self.images if isinstance(self.images, list) else [self.images]
@@ -311,7 +311,7 @@ class LessonConfig:
 class AppConfig:
     ckpt_path: str | None = None  # a run directory, .pt or .onnx; null: the newest finished run
     # under outputs/runs/ (none: the lesson tab alone works, the others say how to train one)
-    device: str = "auto"  # auto | cpu | cuda, for the checkpoint's model
+    device: str = "auto"  # auto | cpu | cuda | mps, for the checkpoint's model
     server: ServerConfig = field(default_factory=ServerConfig)
     lesson: LessonConfig = field(default_factory=LessonConfig)
     data: DataRootConfig = field(default_factory=DataRootConfig)  # for the test images

@@ -37,11 +37,18 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from fmnist import distributed
-from fmnist.errors import Interrupted, UserError, report, reports_user_errors, user_error
+from fmnist.checkpoint import SWEEP_CONFIG
+from fmnist.errors import (
+    Interrupted,
+    SettingsError,
+    UserError,
+    report,
+    reports_user_errors,
+    user_error,
+)
 from fmnist.files import write_text_atomically
 from fmnist.runs import (
     IGNORED_WHEN_RESUMING,
-    SWEEP_CONFIG,
     chosen_by_user,
     claim,
     claimed,
@@ -55,6 +62,7 @@ from fmnist.runs import (
 )
 
 FAILED = "failed.txt"  # in a job's directory: the one line it failed with
+OWN_SETTINGS = "(the job's own settings: the same settings fail again)"  # failed.txt's 2nd line
 
 # --------------------------------------------------------------------------------------------
 # The jobs of a sweep
@@ -136,6 +144,19 @@ if not OmegaConf.has_resolver("fmnist.job_dir_name"):
     OmegaConf.register_new_resolver("fmnist.job_dir_name", job_dir_name)
 
 
+def config_copy(sweep_dir: str, number: int, resume: str | None) -> str | None:
+    """Where Hydra writes a job's config copy (`hydra.output_subdir`): `.hydra`, but nowhere for
+    a job that a resumed sweep keeps, whose files stay byte for byte as it left them. Decided
+    from the disk, so it holds in the job's own process, whichever launcher started it. A
+    single run (no job number: -1) always has its copy."""
+    existing = job_dir(Path(sweep_dir), number) if number >= 0 else None
+    return None if existing is not None and kept(existing, resume) else ".hydra"
+
+
+if not OmegaConf.has_resolver("fmnist.config_copy"):
+    OmegaConf.register_new_resolver("fmnist.config_copy", config_copy)
+
+
 def varied_settings() -> list[str]:
     """In a sweep's job, the settings its directory is named by: those that vary between the
     sweep's jobs (empty outside a sweep)."""
@@ -157,7 +178,14 @@ def unfinished(sweep_dir: Path, overrides: list[str]) -> bool:
 def failed(run_dir: Path) -> str | None:
     """The one line a job failed with, if it did."""
     path = run_dir / FAILED
-    return path.read_text().strip() if path.is_file() else None
+    return path.read_text().splitlines()[0] if path.is_file() else None
+
+
+def failed_on_its_settings(run_dir: Path) -> bool:
+    """Whether the job failed on its own settings (`SettingsError`): a resume, which keeps
+    them, would fail the same way."""
+    path = run_dir / FAILED
+    return path.is_file() and OWN_SETTINGS in path.read_text()
 
 
 def job(run_dir: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
@@ -173,13 +201,15 @@ def job(run_dir: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any] | N
             raise
         report(error)
         if distributed.is_main():
-            write_text_atomically(run_dir / FAILED, f"{error}\n")
+            note = f"{OWN_SETTINGS}\n" if isinstance(error, SettingsError) else ""
+            write_text_atomically(run_dir / FAILED, f"{error}\n{note}")
         return None
 
 
-def kept(cfg: DictConfig, run_dir: Path) -> bool:
-    """Whether this is a job of a resumed sweep that finished before: kept, not rerun."""
-    return cfg.trainer.resume == "auto" and finished(run_dir) and not failed(run_dir)
+def kept(run_dir: Path, resume: str | None) -> bool:
+    """Whether this is a job of a resumed sweep (`resume`: trainer.resume) that finished before:
+    kept, not rerun."""
+    return resume == "auto" and finished(run_dir) and not failed(run_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +246,8 @@ def sweep_dir_for(overrides: list[str], new_dir: Path, user_dir: bool) -> Path:
                 "resume it with those, or give another hydra.sweep.dir for a new sweep"
             )
     if not resuming or user_dir:
-        return claimed(new_dir if user_dir else new_directory(new_dir, key), "sweep", key)
+        directory = new_dir if user_dir else new_directory(new_dir, key)
+        return claimed(directory, "sweep", key, new=not resuming)
     sweep_dir = newest_unfinished_sweep(new_dir.parent, overrides)
     if sweep_dir is None:
         raise UserError(
@@ -261,13 +292,32 @@ class Sweep(Callback):
         _, jobs = read_jobs(sweep_dir)
         failures = [job for job in jobs if job.status.startswith("failed")]
         if failures:
-            listed = "; ".join(
-                f"job {job.number} ({' '.join(job.overrides)}) {job.status}" for job in failures
-            )
-            raise UserError(
-                f"{len(failures)} of {len(jobs)} jobs failed: {listed}; fix the cause and "
-                "rerun with trainer.resume=auto to retry only the failed and unfinished jobs"
-            )
+            raise UserError(failures_line(jobs, failures))
+
+
+def failures_line(jobs: list[Job], failures: list[Job]) -> str:
+    """The sweep's last line: its failed jobs, and what works for each kind. A resume keeps the
+    sweep's values: it mends a failure from outside (the data, a disk), not a value of its own
+    that is invalid or diverges, which needs a new sweep with other values."""
+    listed = "; ".join(
+        f"job {job.number} ({' '.join(job.overrides)}) {job.status}" for job in failures
+    )
+    own = [job for job in failures if job.own_settings]
+    others = [job for job in failures if job not in own]
+    advice = []
+    if own:
+        named = ", ".join(f"job {job.number} ({' '.join(job.overrides)})" for job in own)
+        advice.append(
+            f"{named} failed on {'its' if len(own) == 1 else 'their'} own settings, which a "
+            "resume keeps: start a new sweep (-m) with other values for them"
+        )
+    if others:
+        named = ", ".join(f"job {job.number}" for job in others)
+        advice.append(
+            f"for {named}, fix the cause and rerun with trainer.resume=auto to retry only the "
+            "failed and unfinished jobs"
+        )
+    return f"{len(failures)} of {len(jobs)} jobs failed: {listed}; {'; '.join(advice)}"
 
 
 def name_jobs_by_what_varies(config: DictConfig, overrides: list[str]) -> None:
@@ -309,6 +359,7 @@ class Job:
     overrides: list[str]  # the ones that differ between the sweep's jobs
     metrics: dict[str, Any] | None  # metrics.json; None when the job has not finished
     status: str  # finished | failed: <its one line> | unfinished | missing
+    own_settings: bool = False  # failed on its own settings (`failed_on_its_settings`)
 
     def without_seed(self) -> tuple[str, ...]:
         return tuple(item for item in self.overrides if not item.startswith("seed="))
@@ -329,9 +380,9 @@ def read_jobs(sweep_dir: Path) -> tuple[list[str], list[Job]]:
             status = f"failed: {reason}"
         else:
             status = "finished" if metrics else "unfinished" if directory else "missing"
-        jobs.append(
-            Job(number, [item for item in overrides if item not in shared], metrics, status)
-        )
+        varying = [item for item in overrides if item not in shared]
+        own = directory is not None and failed_on_its_settings(directory)
+        jobs.append(Job(number, varying, metrics, status, own))
     return shared, jobs
 
 

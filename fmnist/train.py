@@ -53,8 +53,9 @@ def main(cfg: DictConfig) -> float:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate, then train (a resumed sweep's job that finished before is kept as it is)."""
     validate(cfg)
-    if runs.in_sweep() and sweeps.kept(cfg, run_dir):
-        log.info("%s finished before this sweep was resumed: kept as it is", run_dir)
+    if runs.in_sweep() and sweeps.kept(run_dir, cfg.trainer.resume):
+        # Printed, not logged: its log stays as it was, as do its .hydra/ (config_copy).
+        print(f"{run_dir} finished before this sweep was resumed: kept as it is")
         metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
         return metrics
     return train(cfg, run_dir)
@@ -140,7 +141,7 @@ def check_usable(metrics: dict[str, Any], run_dir: Path) -> None:
     skipped = f"{metrics['skipped_steps']} of {batches} batches skipped"
     if not all(math.isfinite(value) for value in losses.values()):
         shown = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in losses.items())
-        raise UserError(
+        raise NonFiniteLoss(
             f"the run diverged ({skipped} for a non-finite loss; {shown}): its model in "
             f"{run_dir} is unusable; start again with a lower optimizer.lr"
         )

@@ -244,6 +244,8 @@ def test_a_run_without_validation_images_says_so_in_one_line(tmp_path):
     (tmp_path / ".hydra" / "config.yaml").write_text("data:\n  val_size: 5000\n")
     with pytest.raises(UserError, match="it was trained before fmnist kept one"):
         learning.load(tmp_path)
+    with pytest.raises(UserError, match=r"gone no longer exists \(deleted or moved since the"):
+        learning.load(tmp_path / "gone")  # deleted while the page was serving
 
 
 def test_the_runs_listed_are_the_pages_own_then_the_newest(trained_run, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 import shutil
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +152,7 @@ CASES = [
     (TRAIN, ["loss.label_smoothing=-0.1"], "loss.label_smoothing=-0.1 is invalid"),
     (TRAIN, ["loss.weight=[1,2]"], "give 10 non-negative class weights"),
     (TRAIN, ["model.widths=[]"], "model.widths=[] is invalid"),
-    (TRAIN, ["trainer.device=tpu"], "choose one of auto, cpu, cuda"),
+    (TRAIN, ["trainer.device=tpu"], "choose one of auto, cpu, cuda, mps"),
     (TRAIN, ["trainer.tta=true"], "choose one of none, flip, flip_shift"),
     (TRAIN, ["trainer.resume=yes"], "trainer.resume=yes is invalid"),
     (TRAIN, ["data.loader=fast"], "choose one of device, torch"),
@@ -253,6 +255,13 @@ CASES = [
     (EVALUATE, ["ckpt_path={stopped_early}"], BEFORE_ITS_FIRST_EPOCH),
     (
         EVALUATE,
+        ["ckpt_path={sweep}"],
+        "error: {sweep} is a sweep, not a run: give one of its jobs, ckpt_path={sweep}/<job> "
+        "(none of its jobs has a checkpoint yet)",
+    ),
+    (TRAIN, ["ckpt_path={sweep}"], "error: {sweep} is a sweep, not a run: give one of its jobs"),
+    (
+        EVALUATE,
         ["ckpt_path={smoke_ckpt}", "data.root={tmp}/missing"],
         "error: Fashion-MNIST is not prepared in {tmp}/missing: prepare it there with `python -m "
         "fmnist.data --root {tmp}/missing` (`make data` prepares the project's data/), or give "
@@ -347,7 +356,7 @@ CASES = [
     ),
     (APP, ["server.port=70000"], "server.port=70000 is invalid: must be in 1..65535"),
     (APP, ["server.host=192.0.2.1"], "server.host=192.0.2.1 is not an address of this machine"),
-    (APP, ["device=tpu"], "choose one of auto, cpu, cuda"),
+    (APP, ["device=tpu"], "choose one of auto, cpu, cuda, mps"),
     (APP, ["lesson.probs=[0.5,0.5]"], "give 10 probabilities, one per Fashion-MNIST class"),
     (APP, ["server.prt=1"], "error: server.prt is not a setting of server: its settings are host"),
     (
@@ -435,3 +444,48 @@ def check(run, files, tmp_path, script, arguments, message) -> None:
     assert not Path(files["marker"]).exists()  # no checkpoint ever ran code
     for run in RUNS:  # the cases that refuse them leave them as they were
         assert listing(Path(files[run])) == files[f"{run} listing"], run
+
+
+HUGE_PICTURE = """
+import re, sys
+from pathlib import Path
+from fmnist import predict
+from fmnist.script_configs import PredictConfig
+
+def kilobytes(field):
+    return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1])
+
+settings = PredictConfig(ckpt_path="-", images=[sys.argv[1]])
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+before = kilobytes("VmRSS")
+picture = predict.load(Path(sys.argv[1]), settings)
+print((kilobytes("VmHWM") - before) // 1024, *picture.box())
+"""
+
+
+@pytest.mark.parametrize("suffix", ["png", "gif"])
+def test_a_picture_just_under_the_bomb_limit_is_read_small(tmp_path, suffix):
+    """A 9400x9400 picture (88 million pixels, a 300 kB RGB PNG or a palette GIF) is read and
+    prepared in a few hundred MB: made small as it is decoded, not prepared at full size
+    (gigabytes)."""
+    from PIL import Image, ImageDraw
+
+    path = tmp_path / f"huge.{suffix}"
+    if suffix == "png":
+        picture = Image.new("RGB", (9400, 9400), (235, 235, 235))
+        ImageDraw.Draw(picture).rectangle((3000, 2000, 6000, 7500), fill=(30, 40, 120))
+    else:
+        picture = Image.new("P", (9400, 9400), 0)
+        picture.putpalette([235, 235, 235, 30, 40, 120])
+        ImageDraw.Draw(picture).rectangle((3000, 2000, 6000, 7500), fill=1)
+    picture.save(path)
+    result = subprocess.run(
+        [sys.executable, "-c", HUGE_PICTURE, str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    megabytes, *box = map(int, result.stdout.split())
+    assert megabytes < 500, f"{megabytes} MB to read and prepare it"
+    # The object's box in the file's own pixels, with preparation's margin (2% of its longest
+    # side, 110 pixels) and the block averaged (27 pixels) either side.
+    for found, edge in zip(box, (2000, 3000, 7501, 6001), strict=True):
+        assert abs(abs(found - edge) - 110) <= 30, box

@@ -134,6 +134,23 @@ def upload(page: Page, path: Path) -> None:
     box.locator("input[type=file]").set_input_files(path)
 
 
+def draw_a_shirt(page: Page) -> None:
+    """A T-shape drawn with the mouse on the sketchpad, as a person would: press, move, lift."""
+    box = page.locator("#picture-drawing canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    strokes = [
+        [(-60, -60), (60, -60)],  # shoulders and sleeves
+        [(0, -60), (0, 70)],  # the body
+        [(-25, -50), (-25, 70), (25, 70), (25, -50)],
+    ]
+    for stroke in strokes:
+        page.mouse.move(x + stroke[0][0], y + stroke[0][1])
+        page.mouse.down()
+        for dx, dy in stroke[1:]:
+            page.mouse.move(x + dx, y + dy, steps=12)
+        page.mouse.up()
+
+
 def test_a_picture_shows_its_class_on_top_and_bad_ones_a_message(
     app: Page, right_picture, tmp_path
 ):
@@ -152,8 +169,15 @@ def test_a_picture_shows_its_class_on_top_and_bad_ones_a_message(
     upload(app, tmp_path / "huge.png")
     toast(app, 'File(s) exceed the maximum allowed size of 20.0 Mb: "huge.png"')  # Gradio's
     app.get_by_role("tab", name="Draw").click()
+    expect(app.get_by_text("select the draw tool to start")).to_be_hidden()  # ready to draw
     app.locator("#predict-drawing").click()
     toast(app, "the drawing is empty: draw a piece of clothing first")
+    draw_a_shirt(app)
+    app.locator("#predict-drawing").click()
+    expect(top).to_have_text(re.compile("|".join(re.escape(c) for c in data.CLASSES)))
+    steps = app.locator("#picture-steps")
+    expect(steps).to_contain_text("drawing, as given")
+    expect(steps).to_contain_text("what the model sees (28x28)")
     app.get_by_role("tab", name="Upload").click()
 
     upload(app, path)

@@ -14,11 +14,14 @@ from fmnist.engine import (
     Compute,
     NonFiniteLoss,
     Position,
+    bf16_is_fast,
+    device,
     evaluate,
     predict,
     train_epoch,
     tta_views,
 )
+from fmnist.errors import UserError
 from fmnist.train import build
 
 CPU32 = Compute(torch.device("cpu"), bf16=False, channels_last=False)
@@ -134,3 +137,24 @@ def test_the_weight_average_is_the_hand_computed_one_after_3_steps(data_root):
         torch.testing.assert_close(average[name].float(), value, rtol=1e-6, atol=1e-7)
     assert training.evaluated is training.ema.module
     assert not torch.equal(average["head.3.weight"], training.model.state_dict()["head.3.weight"])
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "chosen", "bf16"),
+    [
+        (True, True, "cuda", True),  # a CUDA GPU first
+        (False, True, "mps", False),  # then Apple's GPU, in float32
+        (False, False, "cpu", None),  # then the CPU (bf16 where it has AVX-512-BF16 or AMX)
+    ],
+)
+def test_device_auto_is_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, chosen, bf16):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    compute = Compute.choose("auto", "auto", channels_last=False)
+    assert compute.device.type == chosen
+    assert compute.bf16 == (bf16_is_fast(torch.device("cpu")) if bf16 is None else bf16)
+    assert device("cpu").type == "cpu"
+    if not mps:
+        with pytest.raises(UserError, match=r"trainer.device=mps but no Apple GPU \(MPS\)"):
+            device("mps")

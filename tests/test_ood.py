@@ -95,6 +95,20 @@ def test_a_checkpoint_without_a_threshold_still_predicts(trained_run, tmp_path):
     assert not any("to the model" in d for d in saved["predictions"][0]["doubts"])
 
 
+def test_a_runs_last_pt_points_to_its_best_pt_for_the_flag(trained_run):
+    """The threshold is fitted for best.pt's weights alone: evaluating last.pt says where the
+    flag is, not "retrain it"."""
+    last = trained_run / "checkpoints" / "last.pt"
+    assert ood.rule(None, str(last)) == (
+        f"{ood.UNAVAILABLE} (a run fits it for its best.pt, the weights it tested, not for "
+        f"last.pt): give ckpt_path={trained_run} to use best.pt with its flag."
+    )
+    assert ood.rule(None, "elsewhere/checkpoints/last.pt").endswith(
+        "when it finishes (trainer.resume=auto)."
+    )
+    assert ood.rule(None, "old.pt").endswith("retrain it to get one.")
+
+
 @pytest.mark.slow
 def test_pictures_that_are_not_clothing_are_flagged(sturdier_run, tmp_path):
     """Through the script: a photograph shipped with scikit-image and noise are flagged by the

@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,26 @@ def test_a_claimed_directory_is_refused_to_other_processes(tmp_path):
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert other.stdout.strip() == "False"
     assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+
+
+@pytest.mark.slow
+def test_a_new_run_in_a_directory_another_process_holds_is_told_to_go_elsewhere(tmp_path):
+    """A new run losing its hydra.run.dir to a run of another process (here: this one) is told to
+    give another directory, not to wait before "continuing" a run it never started."""
+    held = tmp_path / "taken"
+    code = f"from pathlib import Path; from fmnist.runs import claim; claim(Path('{held}'))"
+    holder = subprocess.Popen([sys.executable, "-c", f"{code}; input()"], stdin=subprocess.PIPE)
+    try:
+        while not (held / ".lock").is_file() or not (held / ".lock").read_text().strip():
+            time.sleep(0.05)
+        result = run_in_process("scripts/train.py", f"hydra.run.dir={held}", cwd=tmp_path)
+    finally:
+        holder.communicate(b"\n")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: {held} is in use by another process (pid {holder.pid}): give another "
+        "hydra.run.dir for this new run, or wait for it\n"
+    )
 
 
 @pytest.mark.slow
@@ -143,7 +164,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_weights(data_root, tm
         "trainer.resume=auto",
         f"hydra.sweep.dir={first.parent.relative_to(cut)}",
     ]
-    kept = (first / "metrics.json").stat().st_mtime_ns
+    kept = contents(first)
     assert not (second / "metrics.json").exists()
 
     resumed = subprocess.run(command, cwd=cut, capture_output=True, text=True, timeout=300)
@@ -151,7 +172,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_weights(data_root, tm
     assert "finished before this sweep was resumed: kept as it is" in resumed.stdout
     assert f"Resuming {second}/checkpoints/last.pt" in resumed.stdout
     assert [job.name for job in job_dirs(cut)] == [job.name for job in job_dirs(whole)]
-    assert (first / "metrics.json").stat().st_mtime_ns == kept
+    assert contents(first) == kept  # byte for byte: its .hydra/ and its log too
     for job in job_dirs(cut):  # one HPARAMS row per job, its metrics logged
         (session,) = hparams_sessions(job)
         assert all(scalars(job, tag) for tag in session["metrics"]), job
@@ -196,21 +217,34 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(data_root, tmp_path):
     assert [line for line in lines if line.startswith("error: ")] == lines  # one line each
     assert len(lines) == 6 and lines[-1].startswith("error: 5 of 6 jobs failed: job 1 (")
     assert f"job 2 (data.root=good optimizer.lr=-1) failed: {config_error}; job 3 (" in lines[-1]
+    assert lines[-1].endswith(  # what works for each: a resume keeps the sweep's values
+        "; job 1 (data.root=good optimizer.lr=1e+30), job 2 (data.root=good optimizer.lr=-1), "
+        "job 5 (data.root=later optimizer.lr=-1) failed on their own settings, which a resume "
+        "keeps: start a new sweep (-m) with other values for them; for job 3, job 4, fix the "
+        "cause and rerun with trainer.resume=auto to retry only the failed and unfinished jobs"
+    )
     summary = (sweep / "summary.md").read_text()
     assert "1 of 6 jobs finished, 5 failed." in summary
     assert f"| 2 | `data.root=good optimizer.lr=-1` | failed: {config_error} |" in summary
     assert not (jobs[0] / "failed.txt").exists() and (jobs[0] / "metrics.json").is_file()
-    kept = (jobs[0] / "metrics.json").stat().st_mtime_ns
+    kept = contents(jobs[0])
 
     (tmp_path / "later").symlink_to(data_root)
     shuffled = [given[0], *reversed(given[1:]), "trainer.resume=auto"]
     again = run_in_process("scripts/train.py", *shuffled, cwd=tmp_path)
     assert again.returncode == 2
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names  # the same jobs
-    assert (jobs[0] / "metrics.json").stat().st_mtime_ns == kept
+    assert contents(jobs[0]) == kept
     assert "4 of 6 jobs failed: job 1 " in again.stderr and "job 3 " not in again.stderr, (
         again.stderr
     )
+    assert again.stderr.strip().endswith(
+        "failed on their own settings, which a resume keeps: "
+        "start a new sweep (-m) with other values for them"
+    )
+    # ... and that new sweep, with the failing values changed, runs
+    fixed = ["-m", *TINY, "data.root=good", "optimizer.lr=0.05,0.02", f"hydra.sweep.dir={sweep}_2"]
+    assert run_in_process("scripts/train.py", *fixed, cwd=tmp_path).returncode == 0
     assert not (jobs[3] / "failed.txt").exists() and (jobs[3] / "metrics.json").is_file()
     assert (
         "| 3 | `data.root=later optimizer.lr=0.05` | finished |"
@@ -477,3 +511,15 @@ def test_evaluations_started_together_get_their_own_directories(trained_run, tmp
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     outputs = sorted((tmp_path / "outputs" / "eval").iterdir())
     assert len(outputs) == 2 and all((out / "eval.json").is_file() for out in outputs)
+
+
+def test_a_sweep_given_as_a_checkpoint_lists_its_jobs(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    for job in ("0_seed-0", "1_seed-1"):
+        (tmp_path / job / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError) as caught:
+        checkpoint.resolve(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path} is a sweep, not a run: give one of its jobs, ckpt_path={tmp_path}/<job> "
+        "(its jobs: 0_seed-0, 1_seed-1)"
+    )

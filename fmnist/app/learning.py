@@ -69,6 +69,11 @@ def load(run_dir: Path) -> Run:
 
 
 def _why_none(run_dir: Path) -> str:
+    if not run_dir.is_dir():
+        return (
+            f"{run_dir} no longer exists (deleted or moved since the page started): choose "
+            "another run, or restart the page to list the runs there are now"
+        )
     saved = run_dir / ".hydra" / "config.yaml"
     try:
         val_size = OmegaConf.load(saved).data.val_size if saved.is_file() else None

@@ -33,6 +33,12 @@ from fmnist.report.figures import use_agg
 from fmnist.script_configs import PrepareConfig
 
 UNKNOWN = "(unknown)"  # the true class, when none is chosen
+# Gradio's Sketchpad opens with no tool chosen ("select the draw tool to start"): when the Draw
+# tab opens, choose its brush (the toolbar's first button), unless it is chosen already.
+READY_TO_DRAW = """() => setTimeout(() => {
+  const brush = document.querySelector("#picture-drawing .toolbar-wrap button");
+  if (brush && !brush.classList.contains("highlight")) brush.click();
+}, 100)"""
 NO_MODEL = f"No trained model yet: {NO_MODEL_FIX}, then start the page again."
 INTRO = """# fmnist: cross-entropy you can see
 Softmax turns a model's raw scores (logits) into probabilities q; cross-entropy compares q with
@@ -231,8 +237,13 @@ def picture_tab(pictures: Pictures, model: str, max_upload: str) -> None:
                 with gr.Tab("Webcam"):
                     webcam = gr.Image(sources=["webcam"], type="pil", label="webcam")
                     webcam_button = gr.Button("Predict this shot")
-                with gr.Tab("Draw"):
-                    drawing = gr.Sketchpad(type="pil", label="draw a piece of clothing")
+                with gr.Tab("Draw") as draw_tab:
+                    drawing = gr.Sketchpad(
+                        type="pil",
+                        label="draw a piece of clothing",
+                        layers=False,
+                        elem_id="picture-drawing",
+                    )
                     drawing_button = gr.Button("Predict the drawing", elem_id="predict-drawing")
                 with gr.Tab("Test image"):
                     index = gr.Number(0, precision=0, minimum=0, label="test image index")
@@ -249,7 +260,13 @@ def picture_tab(pictures: Pictures, model: str, max_upload: str) -> None:
         with gr.Column():
             top = gr.Label(num_top_classes=3, label="prediction", elem_id="picture-top")
             bars = gr.Image(type="pil", format="png", show_label=False)
-    steps = gr.Gallery(label="preparation", columns=4, height="auto", format="png")
+    steps = gr.Gallery(
+        label="preparation, step by step",
+        columns=4,
+        height="auto",
+        format="png",
+        elem_id="picture-steps",
+    )
     details = gr.Markdown(elem_id="picture-details")
     worked = gr.Code(
         "Choose the true class to see p and the loss worked out term by term.",
@@ -306,6 +323,7 @@ def picture_tab(pictures: Pictures, model: str, max_upload: str) -> None:
             result, _ = pictures.test_image(argument, settings, target)
         return (*_shown(result), state)
 
+    draw_tab.select(None, js=READY_TO_DRAW)  # the brush chosen: no "select the draw tool" first
     # The API's /predict: what an upload runs (the page's state, an output, is not in the API).
     upload.upload(clear, outputs=outputs, api_visibility="private").then(
         upload_predicted,

@@ -124,7 +124,8 @@ def _bind_problem(error: OSError, server: ServerConfig, where: str) -> str:
 
 
 def serve(page: Any, server: ServerConfig) -> None:
-    """Serve `page` until Ctrl-C."""
+    """Serve `page` until Ctrl-C. Gradio's own start-up lines are left out (they offer a share
+    link, which this page never makes); one line says where the page is once it answers."""
     try:
         page.launch(
             server_name=server.host,
@@ -134,6 +135,10 @@ def serve(page: Any, server: ServerConfig) -> None:
             allowed_paths=[],
             footer_links=["api"],
             show_error=False,
+            quiet=True,
+            prevent_thread_lock=True,
         )
     except OSError as e:  # taken between the check and now
         raise UserError(f"cannot listen on {server.host}:{server.port} ({e})") from None
+    print(f"Serving the page on http://{server.host}:{server.port} (Ctrl-C stops it)", flush=True)
+    page.block_thread()
