@@ -7,13 +7,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 NPROC ?= 2
 
-.PHONY: setup data train train-ddp test test-fast test-random lint format tensorboard bench app clean
+.PHONY: setup data train train-ddp tune dashboard test test-fast test-random lint format tensorboard bench app clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev,export,app]"
+	$(PY) -m pip install --quiet -e ".[dev,export,app,tune]"
 	touch $@
 
 # Prepared data, a directory with the .gz files, or torchvision's download; apt-get only when none works.
@@ -57,6 +57,16 @@ format: setup
 # Several processes (gloo on CPU, nccl on GPUs): make train-ddp NPROC=2 ARGS="trainer.max_epochs=3"
 train-ddp: data
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) scripts/train.py $(ARGS)
+
+# A search with Optuna (docs/search.md): make tune ARGS="hparams_search=fast search.n_trials=60"
+tune: data
+	$(PY) scripts/tune.py $(or $(ARGS),hparams_search=fast)
+
+# Optuna's dashboard of a search's study on http://127.0.0.1:8080 (STUDY=smoke, or STORAGE=url)
+STUDY ?= fast
+STORAGE ?= sqlite:///outputs/search/$(STUDY)/study.db
+dashboard: setup
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 $(STORAGE)
 
 bench: data
 	$(PY) scripts/benchmark.py $(ARGS)

@@ -21,14 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from torch import Tensor
 
 from fmnist import runs
-from fmnist.config import validate
+from fmnist.config import compose_train
 from fmnist.engine import Position, Training, bf16_is_fast, train_epoch
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_text_atomically
@@ -38,7 +36,7 @@ from fmnist.script_configs import validate_benchmark
 from fmnist.train import build
 
 PROJECT = Path(__file__).resolve().parent.parent
-CONFIGS, SCRIPTS = PROJECT / "configs", PROJECT / "scripts"
+SCRIPTS = PROJECT / "scripts"
 # The textbook pipeline: torchvision dataset + ToTensor/Normalize + DataLoader, float32, NCHW.
 STANDARD = (
     "data.loader=torch",
@@ -112,17 +110,6 @@ def loss_timings(
             }
         )
     return rows
-
-
-def compose_train(overrides: Sequence[str]) -> DictConfig:
-    """The training config, as `scripts/train.py` would compose it with these overrides."""
-    if GlobalHydra.instance().is_initialized():  # inside scripts/benchmark.py: same configs/
-        cfg = compose("train", overrides=list(overrides))
-    else:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-            cfg = compose("train", overrides=list(overrides))
-    validate(cfg)
-    return cfg
 
 
 def training_throughputs(

@@ -28,11 +28,18 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from fmnist import runs
-from fmnist.config import OPTIONS, unknown_key
+from fmnist.config import CONFIGS, OPTIONS, unknown_key
 from fmnist.errors import EXIT_USER_ERROR
 
+
+def options(group: str) -> str:
+    """A config group's options: its dataclasses (fmnist.config), else its files in configs/."""
+    names = OPTIONS.get(group) or sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
+    return ", ".join(names)
+
+
 if not OmegaConf.has_resolver("fmnist.options"):
-    OmegaConf.register_new_resolver("fmnist.options", lambda group: ", ".join(OPTIONS[group]))
+    OmegaConf.register_new_resolver("fmnist.options", options)
 
 
 def run(main: Callable[[], object]) -> None:

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist.data import CLASSES, SYSTEM_DIRS
+from fmnist.data import CLASSES, PROJECT_ROOT, SYSTEM_DIRS
 from fmnist.engine import TTA_MODES
 from fmnist.errors import SettingsError, UserError
 
 T = TypeVar("T")
+CONFIGS = PROJECT_ROOT / "configs"
 
 # Every option of every group: {"model": {"small_cnn": SmallCNNConfig, ...}, ...}.
 OPTIONS: dict[str, dict[str, type[Any]]] = {}
@@ -82,6 +85,8 @@ class DataConfig:
     erase: float = 0.0  # random erasing: the share of training images with a box blacked out
     zoom: float = 0.0  # random scale about the centre by a factor in 1 +- zoom; 0: off
     num_workers: int = 2  # loader=torch only
+    test: bool = True  # read the official test split and test the run's model on it; false: a
+    # search's trials, chosen on validation alone, never read it
 
     def __post_init__(self) -> None:
         choose("data.loader", self.loader, ("device", "torch"))
@@ -322,6 +327,18 @@ def validate(cfg: DictConfig) -> object:
     (`+optimizer.lrr=0.1` adds a key Hydra lets through: refused here, as a typo is)."""
     check_keys(cfg)
     return OmegaConf.to_object(cfg)
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The training config, as `scripts/train.py` would compose it with these overrides, checked
+    (`validate`). Inside a running Hydra app (a benchmark, a search) from the same configs/."""
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose("train", overrides=list(overrides))
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+            cfg = compose("train", overrides=list(overrides))
+    validate(cfg)
+    return cfg
 
 
 def check_keys(node: DictConfig, prefix: str = "") -> None:

@@ -256,7 +256,8 @@ Loader = DeviceLoader | TorchLoader
 class FashionMNIST:
     """The splits as loaders: `train` (augmented, shuffled), `val` (carved from train), `test`.
 
-    `val` is None when `val_size` is 0. Instantiated from the `data` config group, whose
+    `val` is None when `val_size` is 0; `test` is None (the test split is not even read) when
+    `test` is false. Instantiated from the `data` config group, whose
     dataclass (fmnist.config.DataConfig) holds the defaults and the meaning of each argument.
     """
 
@@ -278,6 +279,7 @@ class FashionMNIST:
         erase: float,
         zoom: float,
         num_workers: int,
+        test: bool,
     ) -> None:
         distributed.per_rank_batch(batch_size, "data.batch_size")
         distributed.per_rank_batch(eval_batch_size, "data.eval_batch_size")
@@ -286,7 +288,6 @@ class FashionMNIST:
         train_index, val_index = split_train_val(seed, val_size, subset)
         if loader == "device":
             images, labels = data.load_split("train", root)
-            test_images, test_labels = data.load_split("test", root)
             self.train: Loader = DeviceLoader(
                 images[train_index],
                 labels[train_index],
@@ -302,7 +303,11 @@ class FashionMNIST:
             val: Loader = DeviceLoader(
                 images[val_index], labels[val_index], eval_batch_size, device
             )
-            self.test: Loader = DeviceLoader(test_images, test_labels, eval_batch_size, device)
+            self.test: Loader | None = (
+                DeviceLoader(*data.load_split("test", root), eval_batch_size, device)
+                if test
+                else None
+            )
         else:
             self.train = TorchLoader(
                 torchvision_dataset(
@@ -322,11 +327,15 @@ class FashionMNIST:
                 device=device,
                 num_workers=num_workers,
             )
-            self.test = TorchLoader(
-                torchvision_dataset(root, False, textbook_transform()),
-                range(10000),
-                eval_batch_size,
-                device=device,
-                num_workers=num_workers,
+            self.test = (
+                TorchLoader(
+                    torchvision_dataset(root, False, textbook_transform()),
+                    range(10000),
+                    eval_batch_size,
+                    device=device,
+                    num_workers=num_workers,
+                )
+                if test
+                else None
             )
         self.val = val if val_size else None

@@ -54,7 +54,8 @@ IGNORED_WHEN_RESUMING = (
     "data.num_workers",
 )
 LOCK = ".lock"
-_held: list[int] = []  # the lock files this process holds, open until it exits
+_held: dict[Path, int] = {}  # the lock files this process holds, open until it exits (or
+# `release`), by directory
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,8 +258,15 @@ def claim(directory: Path, key: str = "hydra.run.dir") -> bool:
         return False
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    _held.append(fd)
+    _held[_key(directory)] = fd
     return True
+
+
+def release(directory: Path) -> None:
+    """Unlock `directory` (a search's trial, done while its process goes on to the next)."""
+    fd = _held.pop(_key(directory), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def claimed(directory: Path, what: str, key: str = "hydra.run.dir", new: bool = False) -> Path:
@@ -524,13 +532,17 @@ def set_directory(config: DictConfig, key: str, directory: Path) -> None:
 
 
 class OutputDirectory(Callback):
-    """Give a command's run a new directory of its own (unless the user named one)."""
+    """Give a command's run a new directory of its own (unless the user named one); `fixed`:
+    always the directory its config names (a search's, which its workers share)."""
+
+    def __init__(self, fixed: bool = False) -> None:
+        self.fixed = fixed
 
     @stops_the_run
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         forget_all()
         path = Path(config.hydra.run.dir)
-        if chosen_by_user(config, "hydra.run.dir"):
+        if self.fixed or chosen_by_user(config, "hydra.run.dir"):
             _on_main(lambda: writable(path))
         else:
             set_directory(config, "run.dir", _on_main(lambda: new_directory(path)))

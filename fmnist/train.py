@@ -10,6 +10,8 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +25,9 @@ from fmnist import distributed, ood, run_state, runs, sweeps
 from fmnist.config import validate
 from fmnist.engine import (
     Compute,
+    Metrics,
     NonFiniteLoss,
+    Position,
     Training,
     evaluate,
     train_epoch,
@@ -38,7 +42,8 @@ log = logging.getLogger("fmnist")
 @reports_user_errors
 def main(cfg: DictConfig) -> float:
     """`scripts/train.py`: validate, train in Hydra's run directory, return test accuracy (NaN
-    for a sweep's job that failed: it is recorded, and the sweep goes on)."""
+    for a sweep's job that failed, which is recorded while the sweep goes on, or for a run not
+    tested: data.test=false)."""
     run_dir = runs.output_dir()
     with runs.removed_if_unused(run_dir):
         if runs.in_sweep():
@@ -46,7 +51,7 @@ def main(cfg: DictConfig) -> float:
         else:
             metrics = run(cfg, run_dir)
     distributed.leave()  # under torchrun: all ranks here, then the group is gone
-    test_acc: float = metrics["test_acc"] if metrics else math.nan
+    test_acc: float = metrics.get("test_acc", math.nan) if metrics else math.nan
     return test_acc
 
 
@@ -58,10 +63,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print(f"{run_dir} finished before this sweep was resumed: kept as it is")
         metrics: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
         return metrics
-    return train(cfg, run_dir)
+    varied = sweeps.varied_settings() if runs.in_sweep() else []
+    return train(cfg, run_dir, Launch(varied, continue_command()))
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+@dataclass
+class Launch:
+    """How a run was started, for what it does beyond training: the settings its sweep or search
+    varies (TensorBoard's HPARAMS tab shows them first), the command that continues it after a
+    stop, and what a search does after each epoch (report it; maybe stop the run early)."""
+
+    varied: list[str]
+    continue_command: str
+    after_epoch: Callable[[Position, Metrics | None], None] | None = None
+
+
+def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> dict[str, Any]:
     """Train the configured model; write checkpoints, events and metrics.json to `run_dir`.
 
     With `trainer.resume=auto` or `ckpt_path`, continue an unfinished run where its last
@@ -78,10 +95,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resumed_at = position.step if source else None
     with (
         TrainingReport(run_dir, settings, distributed.is_main(), resumed_at) as report,
-        run_state.StopSignals(continue_command()) as stop,
+        run_state.StopSignals(launch.continue_command) as stop,
     ):
-        varied = sweeps.varied_settings() if runs.in_sweep() else []
-        report.start(training, config, source, position, varied)
+        report.start(training, config, source, position, launch.varied)
         for _ in report.epochs(position, settings.max_epochs):
             start = time.perf_counter()
             max_skipped = settings.max_skipped_in_a_row if settings.skip_nonfinite else 0
@@ -93,7 +109,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         elapsed = progress.train_seconds + time.perf_counter() - start
                         checkpoints.save("last.pt", progress, elapsed)
                     if stopping:
-                        raise interrupted(stop.received, step.number, checkpoints)
+                        raise interrupted(stop.received, step.number, checkpoints, launch)
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(
                     f"{e}; last good checkpoint: {checkpoints.last_good()}"
@@ -106,28 +122,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             seconds = time.perf_counter() - start
             report.validation(training, position, settings.max_epochs, val, seconds)
             checkpoints.save_epoch(progress, val)  # last.pt, and best.pt if val improved
+            if launch.after_epoch:
+                launch.after_epoch(position, val)
 
         # The run's result is its best model by validation accuracy: test it, once.
         best = checkpoints.load_best()
-        test = evaluate(training.evaluated, data.test, training.compute, settings.tta)
+        test = data.test and evaluate(training.evaluated, data.test, training.compute, settings.tta)
         metrics = {
             **best["metrics"],
-            **test.as_dict("test"),
+            **(test.as_dict("test") if test else {}),
             "best_epoch": best["epoch"],
             **progress.summary(settings.max_epochs * data.train.num_samples),
         }
-        report.test(training, position.step, test, metrics)
+        report.end(training, position.step, test, metrics)
     threshold = None
     if distributed.is_main():  # one rank measures; the others only wait for the group's end
         threshold = ood.fit_run(training.evaluated_module, config, training.compute)
     checkpoints.finish(best, metrics, threshold)
-    log.info(
-        "test loss %.4f acc %.4f (weights of epoch %d); run saved in %s",
-        test.loss,
-        test.accuracy,
-        best["epoch"],
-        run_dir,
-    )
+    tested = f"test loss {test.loss:.4f} acc {test.accuracy:.4f}" if test else "not tested"
+    log.info("%s (weights of epoch %d); run saved in %s", tested, best["epoch"], run_dir)
     check_usable(metrics, run_dir)
     return metrics
 
@@ -162,12 +175,14 @@ def continue_command() -> str:
     return shlex.join(["python", sys.argv[0], *kept, "trainer.resume=auto", where])
 
 
-def interrupted(signum: int | None, step: int, checkpoints: run_state.Checkpoints) -> Interrupted:
+def interrupted(
+    signum: int | None, step: int, checkpoints: run_state.Checkpoints, launch: Launch
+) -> Interrupted:
     """The one line a stopped run ends with: where it saved, and the command that continues it."""
     signum = signum or signal.SIGTERM  # another rank received it
     return Interrupted(
         f"{signal.Signals(signum).name} at step {step}: saved {checkpoints.directory / 'last.pt'}; "
-        f"continue with: {continue_command()}",
+        f"continue with: {launch.continue_command}",
         exit_code=128 + signum,
     )
 

@@ -124,7 +124,7 @@ def _exit_as_a_process_would() -> None:
     for logger in logging.Logger.manager.loggerDict.values():
         if isinstance(logger, logging.Logger):
             logger.disabled = False
-    for fd in runs._held:
+    for fd in runs._held.values():
         os.close(fd)
     runs._held.clear()
     runs._before.clear()

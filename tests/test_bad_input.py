@@ -99,6 +99,19 @@ def files(data_root, trained_run, tmp_path_factory) -> Iterator[dict[str, str]]:
     with warnings.catch_warnings():  # PyTorch deprecates TorchScript
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), made["torchscript"])
+    spaces = base / "spaces" / "hparams_search"  # search spaces of a user's own (tune.py)
+    spaces.mkdir(parents=True)
+    for name, entry in (
+        ("unknown", "optimizer.lrr: {low: 0.1, high: 0.2}"),
+        ("empty", "optimizer.lr: {low: 0.5, high: 0.1}"),
+        ("through_zero", "optimizer.lr: {low: 0.0, high: 0.1, log: true}"),
+        ("bad_choice", "model: {choices: [small_cnn, resnet]}"),
+    ):
+        (spaces / f"{name}.yaml").write_text(
+            f"# @package _global_\nsearch:\n  study: {name}\n  overrides: [experiment=smoke]\n"
+            f"  space:\n    {entry}\n"
+        )
+    made["spaces"] = f"hydra.searchpath=[file://{spaces.parent}]"
     with socket.socket() as busy:  # a port another server listens on, for the module's cases
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -134,6 +147,7 @@ BEFORE_ITS_FIRST_EPOCH = (
 )
 APP = "scripts/app.py"
 BENCHMARK_APP = "scripts/benchmark_app.py"
+TUNE = "scripts/tune.py"
 CASES = [
     # (script, arguments, what the message must say)
     (TRAIN, ["loss=foo"], "loss=foo is not an option of loss: choose one of scratch, torch"),
@@ -375,6 +389,60 @@ CASES = [
     (BENCHMARK_APP, ["clients=0"], "clients=0 is invalid: must be at least 1"),
     (BENCHMARK_APP, ["model=linear"], "error: model is not a setting of scripts/benchmark_app.py"),
     (BENCHMARK_APP, ["+calls2=1"], "error: calls2 is not a setting of the config"),
+    (TUNE, [], "error: choose a search: hparams_search=NAME (fast, smoke)"),
+    (TUNE, ["hparams_search=nosuch"], "hparams_search=nosuch is not an option of hparams_search"),
+    (
+        TUNE,
+        ["hparams_search=unknown", "{spaces}"],
+        "error: search.space: optimizer.lrr is not a setting of optimizer=sgd: its settings are lr",
+    ),
+    (
+        TUNE,
+        ["hparams_search=empty", "{spaces}"],
+        "error: search.space.optimizer.lr: the range 0.5..0.1 is empty: give low below high",
+    ),
+    (
+        TUNE,
+        ["hparams_search=through_zero", "{spaces}"],
+        "error: search.space.optimizer.lr: a log range must stay above zero, got low=0.0",
+    ),
+    (
+        TUNE,
+        ["hparams_search=bad_choice", "{spaces}"],
+        "error: search.space: model=resnet is not an option of model: choose one of",
+    ),
+    (TUNE, ["hparams_search=smoke", "search.n_trials=0"], "search.n_trials=0 is invalid"),
+    (
+        TUNE,
+        ["hparams_search=smoke", "search.storage=redis://localhost/0"],
+        "error: search.storage=redis://localhost/0 is invalid: give sqlite:///path/study.db",
+    ),
+    (
+        TUNE,
+        ["hparams_search=smoke", "search.storage=postgresql://me:secret@127.0.0.1:1/fmnist"],
+        "error: search.storage: cannot use postgresql+psycopg://me:***@127.0.0.1:1/fmnist (",
+    ),
+    (
+        TUNE,
+        ["hparams_search=smoke", "search.objectives=[val_acc,train_seconds]"],
+        "error: search.pruner=median cannot stop trials of a two-objective search",
+    ),
+    (
+        TUNE,
+        ["hparams_search=smoke", "search.objectives=[train_seconds]"],
+        "search.objectives=['train_seconds'] is invalid: give [val_acc], or [val_acc,train_secon",
+    ),
+    (
+        TUNE,
+        ["hparams_search=smoke", "optimizer.lr=0.1"],
+        "error: optimizer.lr=0.1: optimizer.lr is searched by this hparams_search (search.space)",
+    ),
+    (
+        TUNE,
+        ["hparams_search=smoke", "data.val_size=0"],
+        "error: a search judges its trials on the validation split, and this config has none",
+    ),
+    (TUNE, ["hparams_search=smoke", "search.study=a/b"], "search.study=a/b is invalid"),
     (BENCHMARK_APP, ["ckpt_path={tmp}/nowhere.pt", "calls=1"], "no checkpoint at"),
 ]
 
@@ -398,6 +466,7 @@ REAL = {  # (script, *its arguments)
     (APP, "model=linear"),
     (BENCHMARK_APP, "clients=0"),
     (EXPLAIN, "logit=[1,2,3]", "targets=0"),
+    (TUNE, "hparams_search=smoke", "search.n_trials=0"),
 }
 IN_A_REAL_PROCESS = [case for case in CASES if (case[0], *case[1]) in REAL]
 assert len(IN_A_REAL_PROCESS) == len(REAL), "REAL names a case CASES does not have"

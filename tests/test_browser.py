@@ -31,7 +31,7 @@ from conftest import SMOKE, TINY_CNN, run_script, stop_server
 from omegaconf import OmegaConf
 
 from fmnist import data
-from fmnist.benchmark import compose_train
+from fmnist.config import compose_train
 from fmnist.report.training import EMBEDDED, METRICS, hparams
 
 with contextlib.suppress(ImportError):  # conftest's `chromium` fixture skips (or fails) first

@@ -31,7 +31,7 @@ ALL_SCRIPTS = sorted(path.stem for path in (ROOT / "scripts").glob("*.py"))
 def test_every_script_is_checked_here():
     """A new script in scripts/ cannot be left out: its --help is checked here, and its
     mistakes in tests/test_bad_input.py (`test_every_script_refuses_an_unknown_setting`)."""
-    assert sorted([*SCRIPTS, "train"]) == ALL_SCRIPTS
+    assert sorted([*SCRIPTS, "train", "tune"]) == ALL_SCRIPTS
 
 
 @pytest.mark.slow
@@ -52,7 +52,19 @@ def test_help_lists_only_the_scripts_own_settings(script, tmp_path):
 
 def test_trainings_help_lists_its_groups(tmp_path):
     result = run_in_process("scripts/train.py", "--help", cwd=tmp_path)
-    assert "optimizer: adamw, sgd" in result.stdout and "experiment: " in result.stdout
+    assert result.stdout.startswith("Train a model on Fashion-MNIST:")
+    assert "optimizer: sgd, adamw" in result.stdout
+    assert "experiment: best, fast, gpu, photos, smoke" in result.stdout
+    assert "hparams_search" not in result.stdout  # the search's, not training's
+
+
+def test_the_searchs_help_lists_its_spaces_and_settings(tmp_path):
+    """A search takes every training setting too: they apply to every trial."""
+    result = run_in_process("scripts/tune.py", "--help", cwd=tmp_path)
+    assert result.stdout.startswith("Search training settings with Optuna")
+    assert "== Search spaces (hparams_search=NAME) ==\nfast, smoke" in result.stdout
+    assert "n_trials: 20" in result.stdout and "optimizer:" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_hydras_full_errors_are_left_as_they_were(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fmnist import data
-from fmnist.benchmark import compose_train
+from fmnist.config import compose_train
 from fmnist.engine import (
     SHIFTS,
     Compute,

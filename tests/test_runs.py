@@ -30,7 +30,7 @@ from conftest import (
 from omegaconf import OmegaConf
 
 from fmnist import checkpoint
-from fmnist.benchmark import compose_train
+from fmnist.config import compose_train
 from fmnist.errors import UserError
 from fmnist.files import write_atomically, write_text_atomically
 from fmnist.report.board import TensorBoard

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from conftest import contents, run_script
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -151,3 +152,37 @@ def test_the_command_refuses_a_missing_directory_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"error: {nowhere} is not a directory: give outputs/multirun/<time>\n"
     )
+
+
+@pytest.mark.slow
+def test_a_sweep_through_submitits_launcher_keeps_names_summary_and_resume(data_root, tmp_path):
+    """hydra/launcher=submitit_local (the Slurm launcher's local twin: each job a process of its
+    own, as on a cluster): the jobs keep their names, the summary is written, a job that failed
+    for want of its data is retried by the resume once the data is there, and the finished job
+    is kept byte for byte."""
+    (tmp_path / "good").symlink_to(data_root)
+    sweep = tmp_path / "sweep"
+    given = [
+        "-m",
+        "experiment=smoke",
+        "model.widths=[8,16]",
+        "data.subset=256",
+        "trainer.max_epochs=1",
+        "data.root=good,later",
+        "data.source_dirs=[]",
+        "data.download=false",
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    first = run_script("scripts/train.py", *given, cwd=tmp_path, timeout=600)
+    assert first.returncode == 2, first.stderr
+    assert first.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 jobs failed: job 1 (")
+    jobs = [sweep / "0_data.root-good", sweep / "1_data.root-later"]
+    assert all(job.is_dir() for job in jobs) and (sweep / "summary.md").is_file()
+    kept = contents(jobs[0])
+    (tmp_path / "later").symlink_to(data_root)
+    again = run_script("scripts/train.py", *given, "trainer.resume=auto", cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert contents(jobs[0]) == kept
+    assert (jobs[1] / "metrics.json").is_file() and not (jobs[1] / "failed.txt").exists()
+    assert "2 of 2 jobs finished." in (sweep / "summary.md").read_text()

@@ -22,7 +22,7 @@ from conftest import (
 from omegaconf import OmegaConf
 
 from fmnist import checkpoint, data
-from fmnist.benchmark import compose_train
+from fmnist.config import compose_train
 from fmnist.engine import Position, train_epoch
 from fmnist.predict import from_checkpoint
 from fmnist.report import val_predictions

@@ -79,8 +79,12 @@ def hparams(config: dict[str, Any], varied: Sequence[str] = ()) -> dict[str, Any
 
 def metric_tags(config: dict[str, Any]) -> list[str]:
     """The scalar tags a run logs that the HPARAMS tab shows as its metrics."""
+    data_cfg = config["data"]
     return [
-        tag for tag in METRICS if not (tag.startswith("val/") and not config["data"]["val_size"])
+        tag
+        for tag in METRICS
+        if not (tag.startswith("val/") and not data_cfg["val_size"])
+        and not (tag.startswith("test/") and not data_cfg.get("test", True))
     ]
 
 
@@ -248,25 +252,30 @@ class TrainingReport:
             seconds,
         )
 
-    def test(self, training: Training, step: int, test: Metrics, metrics: dict[str, Any]) -> None:
-        """The final test of the run's model, its curves and embedding, and its timings."""
-        self.board.scalars(step, **test.as_dict("test"))
+    def end(
+        self, training: Training, step: int, test: Metrics | None, metrics: dict[str, Any]
+    ) -> None:
+        """The run's timings and, when it was tested (`data.test`), the test of its model, with
+        its curves and embedding."""
         self.board.scalars(
             step,
             train_seconds=metrics["train_seconds"],
             train_images_per_second=metrics["train_images_per_second"],
         )
-        self.board.confusion("test/confusion", test.confusion, step)
+        if test is not None:
+            self.board.scalars(step, **test.as_dict("test"))
+            self.board.confusion("test/confusion", test.confusion, step)
         if not self.board.enabled:
             return
-        classes = list(data.CLASSES)
-        probabilities = softmax(test.logits.double(), dim=1).float()
-        self.board.pr_curves("test/pr", probabilities, test.labels, classes, step)
-        features, images, labels = embed(
-            training.evaluated_module, training.data.test, training.compute, EMBEDDED
-        )
-        names = [classes[k] for k in labels.tolist()]
-        self.board.embedding("test_features", features, names, pixels(images), step)
+        if test is not None:
+            classes = list(data.CLASSES)
+            probabilities = softmax(test.logits.double(), dim=1).float()
+            self.board.pr_curves("test/pr", probabilities, test.labels, classes, step)
+            features, images, labels = embed(
+                training.evaluated_module, training.data.test, training.compute, EMBEDDED
+            )
+            names = [classes[k] for k in labels.tolist()]
+            self.board.embedding("test_features", features, names, pixels(images), step)
         self.board.hyperparameters_end()
 
 
