@@ -62,7 +62,7 @@ def test_the_searchs_help_lists_its_spaces_and_settings(tmp_path):
     """A search takes every training setting too: they apply to every trial."""
     result = run_in_process("scripts/tune.py", "--help", cwd=tmp_path)
     assert result.stdout.startswith("Search training settings with Optuna")
-    assert "== Search spaces (hparams_search=NAME) ==\nfast, smoke" in result.stdout
+    assert "== Search spaces (hparams_search=NAME) ==\nfast, fast_pareto, smoke" in result.stdout
     assert "n_trials: 20" in result.stdout and "optimizer:" in result.stdout
     assert list(tmp_path.iterdir()) == []
 

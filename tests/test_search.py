@@ -203,6 +203,26 @@ def test_hopeless_trials_are_pruned_after_an_epoch(data_root, tmp_path):
     assert f"{len(pruned)} pruned" in (search_dir / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_two_objectives_give_the_pareto_front(data_root, tmp_path):
+    """Validation accuracy and training seconds: no pruning, and summary.md's front is Optuna's
+    own (study.best_trials)."""
+    two = ["search.objectives=[val_acc,train_seconds]", "search.pruner=none", "search.n_trials=3"]
+    result = run_in_process(TUNE, *SMOKE, *two, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    search_dir = tmp_path / "outputs" / "search" / "smoke"
+    study = study_of(search_dir)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+    summary = (search_dir / "summary.md").read_text()
+    front = summary.split("Pareto front", 1)[1]
+    listed = sorted(
+        int(line.split("|")[1])
+        for line in front.splitlines()
+        if line[:2] == "| " and line[2].isdigit()
+    )
+    assert listed == sorted(t.number for t in study.best_trials)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_root, tmp_path_factory) -> Path:
     """The deterministic two-trial search, run through: the weights a stopped one must reach."""
