@@ -15,7 +15,7 @@ from fmnist import checkpoint, distributed, ood
 from fmnist.engine import Metrics, Position, Training
 from fmnist.errors import Interrupted
 from fmnist.files import write_text_atomically
-from fmnist.runs import check_same_config
+from fmnist.resume import check_same_config
 
 
 @dataclass

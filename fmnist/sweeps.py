@@ -37,6 +37,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from fmnist import distributed
+from fmnist.callbacks import chosen_by_user, set_directory, set_hydra, stops_the_run
 from fmnist.checkpoint import SWEEP_CONFIG
 from fmnist.errors import (
     Interrupted,
@@ -47,19 +48,8 @@ from fmnist.errors import (
     user_error,
 )
 from fmnist.files import write_text_atomically
-from fmnist.runs import (
-    IGNORED_WHEN_RESUMING,
-    chosen_by_user,
-    claim,
-    claimed,
-    finished,
-    forget_all,
-    new_directory,
-    remember,
-    set_directory,
-    set_hydra,
-    stops_the_run,
-)
+from fmnist.resume import IGNORED_WHEN_RESUMING
+from fmnist.runs import claim, claimed, finished, forget_all, new_directory, remember
 
 FAILED = "failed.txt"  # in a job's directory: the one line it failed with
 OWN_SETTINGS = "(the job's own settings: the same settings fail again)"  # failed.txt's 2nd line

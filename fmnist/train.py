@@ -35,6 +35,7 @@ from fmnist.engine import (
 )
 from fmnist.errors import Interrupted, UserError, reports_user_errors
 from fmnist.report.training import TrainingReport
+from fmnist.resume import resume_point
 
 log = logging.getLogger("fmnist")
 
@@ -88,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path, launch: Launch) -> dict[str, Any]:
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     training = build(cfg)
     checkpoints, progress = run_state.Checkpoints(run_dir, training, config), run_state.Progress()
-    source = runs.resume_point(cfg, run_dir)
+    source = resume_point(cfg, run_dir)
     if source:
         progress = checkpoints.restore(source)
     position, data = progress.position, training.data

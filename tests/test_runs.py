@@ -1,4 +1,5 @@
-"""Runs side by side, resumable sweeps, and durable outputs (fmnist/runs.py, fmnist/files.py)."""
+"""Runs side by side, resumable sweeps, and durable outputs (fmnist/runs.py, resume.py,
+callbacks.py, files.py)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from fmnist.config import compose_train
 from fmnist.errors import UserError
 from fmnist.files import write_atomically, write_text_atomically
 from fmnist.report.board import TensorBoard
+from fmnist.resume import config_differences
 from fmnist.run_state import Checkpoints, Progress
-from fmnist.runs import claim, config_differences, forget_all, new_directory, put_back
+from fmnist.runs import claim, forget_all, new_directory, put_back
 from fmnist.train import build
 
 QUICK = [SMOKE, "data.subset=256", "trainer.max_epochs=1"]
