@@ -1,4 +1,7 @@
-"""Speed and accuracy measurements, side by side on one machine (`scripts/benchmark.py`).
+"""Speed measurements, side by side on one machine (`scripts/benchmark.py`): fmnist's training
+against the standard PyTorch pipeline, the data path, our loss against PyTorch's; with
+`presets`, whole training runs and the time-to-accuracy table (fmnist.presets); with `photos`,
+phone photos read, prepared and predicted (fmnist.photo_speed).
 
 Every figure is a median of several repeats after a warm-up, and the things compared take turns
 repeat by repeat: these machines are noisy, and a ratio of two figures taken side by side means
@@ -10,9 +13,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,22 +21,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.errors import HydraException
 from omegaconf import DictConfig
 from torch import Tensor
 
 from fmnist import runs
 from fmnist.config import compose_train
 from fmnist.engine import Position, Training, bf16_is_fast, train_epoch
-from fmnist.errors import UserError, reports_user_errors
+from fmnist.errors import reports_user_errors
 from fmnist.files import write_text_atomically
 from fmnist.loaders import Loader
 from fmnist.losses import cross_entropy
+from fmnist.photo_speed import photo_seconds
+from fmnist.presets import check_presets, preset_run, preset_summary, time_to_accuracy
 from fmnist.script_configs import validate_benchmark
 from fmnist.train import build
 
-PROJECT = Path(__file__).resolve().parent.parent
-SCRIPTS = PROJECT / "scripts"
 # The textbook pipeline: torchvision dataset + ToTensor/Normalize + DataLoader, float32, NCHW.
 STANDARD = (
     "data.loader=torch",
@@ -44,6 +43,7 @@ STANDARD = (
     "trainer.channels_last=false",
     "loss=torch",
 )
+
 
 DEFAULT_LOSS_SHAPES = ((256, 10), (4096, 10), (1024, 1000))
 
@@ -186,163 +186,6 @@ def loss_agreement(steps: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
         "max_abs_difference": difference.max().item(),
         "steps_within_1e-5": first_over[0].item() if len(first_over) else len(difference),
     }
-
-
-PHONE = (4032, 3024)  # a 12-megapixel phone photo, landscape
-
-
-def phone_photos(count: int, folder: Path) -> list[Path]:
-    """`count` phone-sized JPEGs (quality 90) in `folder`: a Fashion-MNIST test image's garment,
-    dark, a fifth to a half of the frame's height, somewhere on a light, slightly uneven and
-    noisy background. Seeded: the same files every time."""
-    import numpy as np
-    from PIL import Image
-
-    from fmnist import data
-
-    images, _ = data.load_split("test")
-    rng = np.random.default_rng(0)
-    width, height = PHONE
-    light = np.linspace(235, 205, width, dtype=np.float32)[None, :, None]
-    grain = rng.normal(0, 4, (height // 8, width // 8, 3)).astype(np.float32)
-    paths = []
-    for i in range(count):
-        side = int(rng.uniform(0.2, 0.5) * height)
-        top, left = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
-        ink = Image.fromarray(images[i].numpy()).resize((side, side), Image.Resampling.BILINEAR)
-        noise = np.repeat(np.repeat(grain, 8, axis=0), 8, axis=1)  # sensor noise, blotchy
-        photo = light + noise
-        patch = photo[top : top + side, left : left + side]
-        patch *= 1 - np.asarray(ink, dtype=np.float32)[..., None] / 255
-        path = folder / f"{i:03d}.jpg"
-        Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8), "RGB").save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def photo_seconds(count: int) -> dict[str, Any]:
-    """Seconds to read, prepare and predict `count` phone-sized JPEGs (`phone_photos`; writing
-    them is not timed, nor is start-up): fmnist.predict's own functions, the default CNN with
-    flip TTA, once after a warm-up of one photo."""
-    from fmnist import data, engine, predict
-    from fmnist.config import SmallCNNConfig
-    from fmnist.models import SmallCNN
-    from fmnist.script_configs import PredictConfig, PrepareConfig
-
-    settings = SmallCNNConfig()
-    model = SmallCNN(
-        widths=settings.widths, convs_per_block=settings.convs_per_block, dropout=0.0
-    ).eval()
-    compute = engine.Compute(torch.device("cpu"), bf16_is_fast(torch.device("cpu")), False)
-    predictor = predict.Predictor(
-        lambda pixels: engine.predict(model, data.normalise(pixels).unsqueeze(1), compute, "flip"),
-        list(data.CLASSES),
-        "an untrained SmallCNN",
-        {},
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        paths = phone_photos(count, Path(folder))
-        settings_ = PredictConfig(ckpt_path="-", images=[folder], prepare=PrepareConfig())
-        predict.load(paths[0], settings_)  # warm-up: the first call imports and allocates
-        start = time.perf_counter()
-        with torch.no_grad():
-            pictures = [predict.load(path, settings_) for path in paths]
-            predict.predict_pictures(predictor, pictures, None)
-        seconds = time.perf_counter() - start
-    return {
-        "photos": count,
-        "size": f"{PHONE[0]}x{PHONE[1]}",
-        "seconds": round(seconds, 2),
-        "ms_per_photo": round(1000 * seconds / count, 1),
-    }
-
-
-def preset_overrides(preset: str, seed: int) -> list[str]:
-    """`scripts/train.py`'s overrides for a preset: an experiment (`fast`), `default`, or any
-    overrides (`a=1 b=2`); `seed=<seed>` unless the preset names its own seed."""
-    if preset == "default":
-        overrides = []
-    elif "=" not in preset:
-        overrides = [f"experiment={preset}"]
-    else:
-        overrides = preset.split()
-    if not any(override.startswith("seed=") for override in overrides):
-        overrides.append(f"seed={seed}")
-    return overrides
-
-
-def check_presets(presets: Iterable[str]) -> None:
-    """Compose and validate every preset before anything is timed: a typo is one line at once,
-    not a traceback after minutes of measurements."""
-    for preset in presets:
-        try:
-            compose_train(preset_overrides(preset, 0))
-        except HydraException as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise UserError(f"presets: {preset!r} is not a training config: {first_line}") from None
-
-
-def preset_run(preset: str, seed: int, timeout: float) -> dict[str, Any]:
-    """Wall time of a whole `scripts/train.py` process (start to finish), its training time and
-    test accuracy, with `preset_overrides(preset, seed)`; `seed` in the result is the one the
-    run used (the preset's own, where it names one: then every repeat is the same run)."""
-    overrides = preset_overrides(preset, seed)
-    with tempfile.TemporaryDirectory() as run_dir:
-        command = [
-            sys.executable,
-            str(SCRIPTS / "train.py"),
-            "trainer.progress=false",
-            f"hydra.run.dir={run_dir}",
-            *overrides,
-        ]
-        start = time.perf_counter()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise UserError(
-                f"preset {preset!r} ran past preset_timeout={timeout:g} s: raise preset_timeout"
-            ) from None
-        wall = time.perf_counter() - start
-        if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise UserError(f"preset {preset!r} failed (exit {done.returncode}): {last}")
-        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    used_seed = [o.removeprefix("seed=") for o in overrides if o.startswith("seed=")][-1]
-    return {"preset": preset, "seed": int(used_seed), "wall_seconds": round(wall, 1), **metrics}
-
-
-def preset_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One preset's runs (seeds 0, 1, ...): each run's figures, the median times and the mean
-    and standard deviation of the test accuracy, which the time-to-accuracy table uses."""
-    accuracies = [run["test_acc"] for run in runs]
-    return {
-        "preset": runs[0]["preset"],
-        "runs": len(runs),
-        "wall_seconds": statistics.median(run["wall_seconds"] for run in runs),
-        "train_seconds": statistics.median(run["train_seconds"] for run in runs),
-        "test_acc": statistics.mean(accuracies),
-        "test_acc_std": statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
-        "each": [
-            {key: run[key] for key in ("seed", "wall_seconds", "train_seconds", "test_acc")}
-            for run in runs
-        ],
-    }
-
-
-TARGETS = (0.91, 0.92, 0.93, 0.94, 0.95)
-
-
-def time_to_accuracy(
-    presets: list[dict[str, Any]], targets: Sequence[float] = TARGETS
-) -> list[dict[str, Any]]:
-    """For each target test accuracy, the quickest preset (median whole-process time) whose
-    mean test accuracy reaches it; None where none does."""
-    rows = []
-    for target in targets:
-        reaching = [p for p in presets if p["test_acc"] >= target]
-        best = min(reaching, key=lambda p: p["wall_seconds"]) if reaching else None
-        rows.append({"target": target, **({} if best is None else best)})
-    return rows
 
 
 def machine() -> dict[str, Any]:

@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import run_script
 
-from fmnist.benchmark import TARGETS, preset_summary, table, time_to_accuracy
+from fmnist.benchmark import table
+from fmnist.presets import TARGETS, preset_summary, time_to_accuracy
 
 # Every figure, each from as little work as measures it at all.
 QUICK = [
