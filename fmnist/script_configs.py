@@ -207,7 +207,7 @@ def class_index(key: str, value: Any) -> int | None:
 
 @dataclass
 class PrepareConfig:
-    """How a picture is made Fashion-MNIST-like (the steps: fmnist/prepare.py)."""
+    """How a picture is made Fashion-MNIST-like (the steps: fmnist/prepare/)."""
 
     invert: str = "auto"  # auto: when the picture's border is light | true | false
     crop: bool = True  # trim to the object (plus a small margin) before fitting it into 28x28

@@ -104,7 +104,7 @@ def predictions(r: dict[str, Any], notes: list[str]) -> str:
     lines = [
         f"Model: {r['description']}",
         f"Pictures prepared with invert={prepare['invert']}, crop={str(prepare['crop']).lower()} "
-        "(fmnist/prepare.py); ! marks a prediction not to trust:",
+        "(fmnist/prepare/); ! marks a prediction not to trust:",
         textwrap.fill(r["doubt_rule"], 100, initial_indent="  ", subsequent_indent="  "),
         textwrap.fill(r["ood"]["rule"], 100, initial_indent="  ", subsequent_indent="  "),
         "",
