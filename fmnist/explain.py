@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist.data import CLASSES
 from fmnist.errors import UserError, reports_user_errors
+from fmnist.i18n import Text, class_name, padded, say
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
 from fmnist.script_configs import validate_explain
 
@@ -29,43 +30,40 @@ Matrix = list[list[float]]
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
     """Print the explanation for the input in `cfg` (`ExplainConfig`: logits, targets, probs,
-    target, example)."""
-    validate_explain(cfg)
-    print(explain(cfg))
+    target, example; lang: en or zh)."""
+    settings = validate_explain(cfg)
+    print(explain(cfg, settings.lang))
 
 
-def explain(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """The whole explanation as text; raises UserError naming the fix for bad input."""
+def explain(cfg: DictConfig | Mapping[str, Any], lang: str = "en") -> str:
+    """The whole explanation as text, in `lang` (en, zh); raises UserError naming the fix for
+    bad input."""
     if isinstance(cfg, DictConfig):
         cfg = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     logits, probs = cfg.get("logits"), cfg.get("probs")
     targets, target = cfg.get("targets"), cfg.get("target")
     if logits is not None and probs is not None:
-        raise UserError("give either logits (with targets) or probs (with target), not both")
+        raise UserError(Text("explain.error.both"))
     if targets is not None and target is not None:
-        raise UserError("give the target classes once, as targets=... or target=..., not both")
+        raise UserError(Text("explain.error.targets_twice"))
     targets = targets if targets is not None else target
     if logits is None and probs is None:
         if targets is not None:
-            raise UserError(
-                "targets given without logits or probs: add logits=[...] or probs=[...]"
-            )
+            raise UserError(Text("explain.error.targets_alone"))
         example = cfg.get("example") or {}
         logits, targets = example.get("logits"), example.get("targets")
         if logits is None:
-            raise UserError(
-                "nothing to explain: give logits=[...] targets=... or probs=[...] target=..."
-            )
+            raise UserError(Text("explain.error.nothing"))
 
     name = "logits" if probs is None else "probs"
     rows = _read_matrix(logits if probs is None else probs, name)
     if targets is None:
         key = "targets" if probs is None else "target"
-        raise UserError(f"{name} given without {key}: add {key}=... (one class index per row)")
+        raise UserError(Text("explain.error.no_targets", name=name, key=key))
     labels = _read_targets(targets, len(rows), len(rows[0]))
     if probs is None:
-        return explain_logits(rows, labels)
-    return explain_probs(rows, labels)
+        return explain_logits(rows, labels, lang)
+    return explain_probs(rows, labels, lang)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,26 +71,26 @@ def explain(cfg: DictConfig | Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def explain_logits(logits: Matrix, targets: list[int]) -> str:
+def explain_logits(logits: Matrix, targets: list[int], lang: str = "en") -> str:
     """Logits -> shift by the max -> exp -> softmax q -> -sum p*log(q) per sample -> mean."""
     x = torch.tensor(logits, dtype=torch.float64)
     t = torch.tensor(targets)
     q = softmax(x, dim=1)
     n, c = x.shape
-    lines = [f"Softmax + cross-entropy, step by step: {_count(n, 'sample')}, {c} classes.", ""]
+    samples = _count(n, "explain.samples", lang)
+    lines = [say(lang, "explain.logits.head", samples=samples, classes=c), ""]
     for i in range(n):
         m = max(logits[i])
         shifted = [v - m for v in logits[i]]
         exps = [math.exp(v) for v in shifted]
+        label = class_label(targets[i], c, lang)
         lines += [
-            f"Sample {i + 1}: logits x = {_list(logits[i], 'g')}, "
-            f"target class {class_label(targets[i], c)}",
-            f"  1. subtract the max ({m:g}) so that exp cannot overflow: "
-            f"x - max = {_list(shifted, 'g')}",
-            f"  2. exponentiate: exp(x - max) = {_list(exps)}, sum = {sum(exps):.{DECIMALS}f}",
-            "  3. divide by the sum: softmax q = exp(x - max) / sum",
-            *_distribution_lines(q[i].tolist(), targets[i], step="4. "),
-            f"  5. loss = -sum_c p_c * log(q_c) = {worked_expansion(q[i].tolist(), targets[i])}",
+            say(lang, "explain.logits.sample", i=i + 1, logits=_list(logits[i], "g"), label=label),
+            say(lang, "explain.logits.shift", max=f"{m:g}", shifted=_list(shifted, "g")),
+            say(lang, "explain.logits.exp", exps=_list(exps), total=f"{sum(exps):.{DECIMALS}f}"),
+            say(lang, "explain.logits.divide"),
+            *_distribution_lines(q[i].tolist(), targets[i], "4. ", lang),
+            say(lang, "explain.logits.loss", expansion=worked_expansion(q[i].tolist(), targets[i])),
             "",
         ]
     ours = cross_entropy(x, t)
@@ -102,16 +100,15 @@ def explain_logits(logits: Matrix, targets: list[int]) -> str:
         for v in cross_entropy(x, t, reduction="none").tolist()
     )
     lines += [
-        "(Step 5 uses q rounded to 4 decimals, as on paper; the mean uses the exact q.)",
-        f"Mean loss over {_count(n, 'sample')} (exact per-sample losses {exact}): "
-        f"{number(ours.item())}",
-        f"PyTorch, torch.nn.CrossEntropyLoss()(logits, targets): {number(theirs.item())}",
-        _agreement(ours.item(), theirs.item()),
+        say(lang, "explain.logits.rounded"),
+        say(lang, "explain.logits.mean", samples=samples, exact=exact, mean=number(ours.item())),
+        say(lang, "explain.logits.torch", value=number(theirs.item())),
+        _agreement(ours.item(), theirs.item(), lang),
     ]
     return "\n".join(lines)
 
 
-def explain_probs(probs: Matrix, targets: list[int]) -> str:
+def explain_probs(probs: Matrix, targets: list[int], lang: str = "en") -> str:
     """Probabilities q already normalised: loss = -log(q[target]) per sample, then the mean."""
     q = torch.tensor(probs, dtype=torch.float64)
     t = torch.tensor(targets)
@@ -120,24 +117,36 @@ def explain_probs(probs: Matrix, targets: list[int]) -> str:
         try:
             cross_entropy_from_probs(q[i], t[i])  # checks that the row is a distribution
         except ValueError as e:
-            raise UserError(f"sample {i + 1}: {e}" if n > 1 else str(e)) from None
+            problem = e.args[0]
+            raise UserError(
+                Text("explain.error.sample", i=i + 1, problem=problem) if n > 1 else problem
+            ) from None
     losses = cross_entropy_from_probs(q, t, reduction="none")
-    lines = [f"Cross-entropy from probabilities: {_count(n, 'sample')}, {c} classes.", ""]
+    samples = _count(n, "explain.samples", lang)
+    lines = [say(lang, "explain.probs.head", samples=samples, classes=c), ""]
     for i in range(n):
         lines += [
-            f"Sample {i + 1}: target class {class_label(targets[i], c)}",
-            *_distribution_lines(probs[i], targets[i], step=""),
-            f"  loss = -sum_c p_c * log(q_c) = {worked_expansion(probs[i], targets[i], losses[i])}",
-            f"       = -log(q[target]) = -log({probs[i][targets[i]]:.{DECIMALS}f}) "
-            f"= {number(losses[i].item())}",
+            say(lang, "explain.probs.sample", i=i + 1, label=class_label(targets[i], c, lang)),
+            *_distribution_lines(probs[i], targets[i], "", lang),
+            say(
+                lang,
+                "explain.probs.loss",
+                expansion=worked_expansion(probs[i], targets[i], losses[i]),
+            ),
+            say(
+                lang,
+                "explain.probs.pick",
+                q=f"{probs[i][targets[i]]:.{DECIMALS}f}",
+                loss=number(losses[i].item()),
+            ),
             "",
         ]
     ours = losses.mean()
     theirs = torch.nn.NLLLoss()(q.log(), t)  # NLLLoss picks -log q[target] and averages
     lines += [
-        f"Mean loss over {_count(n, 'sample')}: {number(ours.item())}",
-        f"PyTorch, torch.nn.NLLLoss()(log(q), target): {number(theirs.item())}",
-        _agreement(ours.item(), theirs.item()),
+        say(lang, "explain.probs.mean", samples=samples, mean=number(ours.item())),
+        say(lang, "explain.probs.torch", value=number(theirs.item())),
+        _agreement(ours.item(), theirs.item(), lang),
     ]
     return "\n".join(lines)
 
@@ -147,18 +156,17 @@ def explain_probs(probs: Matrix, targets: list[int]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _distribution_lines(q: list[float], target: int, step: str) -> list[str]:
+def _distribution_lines(q: list[float], target: int, step: str, lang: str) -> list[str]:
     """q and the one-hot p: inline for a few classes, a table with class names for Fashion-MNIST."""
     p = [int(c == target) for c in range(len(q))]
     if len(q) != len(CLASSES):
-        return [
-            f"     q = {_list(q)}",
-            f"  {step}one-hot target p = {_list(p, 'd')}",
-        ]
-    lines = [f"  {step}q and the one-hot target p, per Fashion-MNIST class:"]
-    for c, (name, qc) in enumerate(zip(CLASSES, q, strict=True)):
-        mark = "   <- target" if p[c] else ""
-        lines.append(f"       {c} {name:<12} q = {qc:.{DECIMALS}f}  p = {p[c]}{mark}")
+        one_hot = say(lang, "explain.p", step=step, p=_list(p, "d"))
+        return [say(lang, "explain.q", q=_list(q)), one_hot]
+    lines = [say(lang, "explain.table", step=step)]
+    for c, qc in enumerate(q):
+        mark = say(lang, "explain.target_mark") if p[c] else ""
+        name = padded(class_name(c, CLASSES, lang), 12)
+        lines.append(f"       {c} {name} q = {qc:.{DECIMALS}f}  p = {p[c]}{mark}")
     return lines
 
 
@@ -185,9 +193,11 @@ def worked_expansion(q: list[float], target: int, value: torch.Tensor | None = N
     return f"{expansion(q, target)} = {number(result)}"
 
 
-def class_label(target: int, num_classes: int) -> str:
-    """`4 (Coat)` with Fashion-MNIST's 10 classes, else just `4`."""
-    return f"{target} ({CLASSES[target]})" if num_classes == len(CLASSES) else str(target)
+def class_label(target: int, num_classes: int, lang: str = "en") -> str:
+    """`4 (Coat)` with Fashion-MNIST's 10 classes (`4（外套）` in Chinese), else just `4`."""
+    if num_classes != len(CLASSES):
+        return str(target)
+    return say(lang, "explain.class_label", k=target, name=class_name(target, CLASSES, lang))
 
 
 def _list(values: list[float] | list[int], fmt: str = f".{DECIMALS}f") -> str:
@@ -195,8 +205,20 @@ def _list(values: list[float] | list[int], fmt: str = f".{DECIMALS}f") -> str:
     return "[" + ", ".join(format(v + 0 if fmt == "g" else v, fmt) for v in values) + "]"
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def _count(n: int, key: str, lang: str) -> str:
+    """`1 sample`, `2 samples` (key.one, key.many)."""
+    name, values = _count_key(n, key)
+    return say(lang, name, **values)
+
+
+def _count_key(n: int, key: str) -> tuple[str, dict[str, int]]:
+    return (f"{key}.one", {}) if n == 1 else (f"{key}.many", {"n": n})
+
+
+def _counted(n: int, key: str) -> Text:
+    """`_count` as a `Text`, for a message that may be told in either language."""
+    name, values = _count_key(n, key)
+    return Text(name, **values)
 
 
 def agree(ours: float, theirs: float) -> bool:
@@ -205,11 +227,12 @@ def agree(ours: float, theirs: float) -> bool:
     return (math.isinf(ours) and ours == theirs) or abs(ours - theirs) <= AGREE_TOLERANCE
 
 
-def verdict(ours: float, theirs: float) -> str:
+def verdict(ours: float, theirs: float, lang: str = "en") -> str:
     """`yes (difference 2.2e-16)`, `yes (both infinite)` or `NO (difference ...)`."""
     if math.isinf(ours) and ours == theirs:
-        return "yes (both infinite)"
-    return f"{'yes' if agree(ours, theirs) else 'NO'} (difference {abs(ours - theirs):.1e})"
+        return say(lang, "explain.verdict.infinite")
+    key = "explain.verdict.yes" if agree(ours, theirs) else "explain.verdict.no"
+    return say(lang, key, difference=f"{abs(ours - theirs):.1e}")
 
 
 def number(value: float) -> str:
@@ -220,8 +243,8 @@ def number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _agreement(ours: float, theirs: float) -> str:
-    return f"They agree: {verdict(ours, theirs)}."
+def _agreement(ours: float, theirs: float, lang: str = "en") -> str:
+    return say(lang, "explain.agree", verdict=verdict(ours, theirs, lang))
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,22 +260,22 @@ def _is_number(value: object) -> bool:
 def _read_matrix(value: object, name: str) -> Matrix:
     """One row [x1, ..., xC] or rows [[...], [...]] of finite numbers, all of the same length."""
     if not isinstance(value, list | tuple) or not value:
-        raise UserError(f"{name} must be a list of numbers like [1,2,3], or a list of such rows")
+        raise UserError(Text("explain.error.not_a_list", name=name))
     rows = value if all(isinstance(v, list | tuple) for v in value) else [value]
     for i, row in enumerate(rows, start=1):
-        where = f"{name} row {i}" if len(rows) > 1 else name
+        where = Text("explain.error.row", name=name, i=i) if len(rows) > 1 else name
         bad = [v for v in row if not _is_number(v)]
-        if bad or not row:
-            raise UserError(
-                f"{where} must hold finite numbers, got {bad[0]!r}" if bad else f"{where} is empty"
-            )
+        if bad:
+            raise UserError(Text("explain.error.not_finite", where=where, bad=repr(bad[0])))
+        if not row:
+            raise UserError(Text("explain.error.empty", where=where))
         if len(row) != len(rows[0]):
+            count = _counted(len(row), "explain.error.values")
             raise UserError(
-                f"{name} row {i} has {_count(len(row), 'value')} but row 1 has {len(rows[0])}: "
-                f"every row needs one value per class"
+                Text("explain.error.ragged", name=name, i=i, count=count, first=len(rows[0]))
             )
     if len(rows[0]) < 2:
-        raise UserError(f"{name} need at least 2 classes per row, got {len(rows[0])}")
+        raise UserError(Text("explain.error.classes", name=name, n=len(rows[0])))
     return [[float(v) for v in row] for row in rows]
 
 
@@ -264,15 +287,11 @@ def _read_targets(value: object, num_rows: int, num_classes: int) -> list[int]:
         if isinstance(t, str) and t.strip().isdigit():  # target='1': quoted, still an index
             t = int(t)
         if isinstance(t, bool) or not isinstance(t, int):
-            raise UserError(f"targets must be whole class indices like 0 or [1,2], got {t!r}")
+            raise UserError(Text("explain.error.whole", t=repr(t)))
         if not 0 <= t < num_classes:
-            raise UserError(
-                f"target {t} is out of range: with {num_classes} classes, "
-                f"targets must be in [0, {num_classes - 1}]"
-            )
+            raise UserError(Text("explain.error.range", t=t, c=num_classes, last=num_classes - 1))
         targets.append(t)
     if len(targets) != num_rows:
-        raise UserError(
-            f"got {len(targets)} targets for {_count(num_rows, 'row')}: give one target per row"
-        )
+        rows = _counted(num_rows, "explain.error.rows")
+        raise UserError(Text("explain.error.count", n=len(targets), rows=rows))
     return targets

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from fmnist.i18n import Text
+
 REDUCTIONS = ("none", "mean", "sum")
 # Probabilities rounded to 4 decimals (as printed) sum to 1 only within about 1e-3.
 PROB_SUM_TOLERANCE = 1e-3
@@ -98,15 +100,10 @@ def check_distribution(q: Tensor, where: str) -> None:
     bad = torch.isnan(q).any(1) | (q < 0).any(1)
     if bad.any():
         row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{where.format(row=row)} has a negative or nan entry: probabilities must be in "
-            f"[0, 1] (pass logits to cross_entropy instead)"
-        )
+        raise ValueError(Text("probs.error.negative", where=where.format(row=row)))
     sums = q.double().sum(1)
     off = (sums - 1).abs() > PROB_SUM_TOLERANCE
     if off.any():
         row = int(off.nonzero()[0, 0])
-        raise ValueError(
-            f"{where.format(row=row)} sums to {sums[row].item():.4f}, not 1: probabilities "
-            f"must sum to 1 (pass logits to cross_entropy instead)"
-        )
+        total = f"{sums[row].item():.4f}"
+        raise ValueError(Text("probs.error.sum", where=where.format(row=row), total=total))

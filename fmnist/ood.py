@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from fmnist import data, engine
 from fmnist.engine import Compute
 from fmnist.errors import UserError
+from fmnist.i18n import Text
 from fmnist.loaders import split_train_val
 
 FIT_IMAGES = 10000  # training images the threshold is measured on (1000 a class on average)
@@ -93,9 +94,8 @@ def doubt(score: float, threshold: float) -> str | None:
     """The flag's words for one picture, or None when its energy is within the threshold."""
     if score <= threshold:
         return None
-    return (
-        f"unlike the training images to the model: energy {score:.2f} > {threshold:.2f} "
-        f"({QUANTILE:.1%} of training images are below it)"
+    return Text(
+        "doubt.energy", score=f"{score:.2f}", threshold=f"{threshold:.2f}", share=f"{QUANTILE:.1%}"
     )
 
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from fmnist import checkpoint, data, engine, export, ood, runs
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import all_or_nothing, write_text_atomically
+from fmnist.i18n import Text
 from fmnist.losses import softmax
 from fmnist.prepare import DOUBT_RULE, Prepared, doubts, prepare
 from fmnist.report import figures, text
@@ -87,7 +88,14 @@ def from_checkpoint(path: str, device_name: str) -> Predictor:
     return Predictor(
         logits,
         loaded.classes,
-        f"{loaded.model_name()} from {loaded.path} (step {step}; {mode}, TTA {tta}, as its run)",
+        Text(
+            "predict.model.checkpoint",
+            model=loaded.model_name(),
+            path=loaded.path,
+            step=step,
+            mode=mode,
+            tta=tta,
+        ),
         {
             "kind": "checkpoint",
             "path": str(loaded.path.resolve()),
@@ -183,20 +191,15 @@ def read_picture(path: Path) -> Image.Image:
                 return upright
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-        raise UserError(
-            f"{path} is too large to decode safely ({size}; Pillow refuses more than "
-            f"{Image.MAX_IMAGE_PIXELS:,} as a possible decompression bomb): resize it to a few "
-            "megapixels first"
-        ) from None
+        pixels = f"{int(found.group(1)):,}" if found else None
+        size = Text("predict.error.pixels", n=pixels) if pixels else Text("predict.error.many")
+        limit = f"{Image.MAX_IMAGE_PIXELS:,}"
+        raise UserError(Text("predict.error.bomb", path=path, size=size, limit=limit)) from None
     except UnidentifiedImageError:
-        raise UserError(f"{path} is not a picture Pillow can read: give {FORMATS} files") from None
+        raise UserError(Text("predict.error.unknown", path=path, formats=FORMATS)) from None
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(
-            f"{path} could not be read ({reason}): the file is damaged or incomplete; save or "
-            "copy it again"
-        ) from None
+        raise UserError(Text("predict.error.damaged", path=path, reason=reason)) from None
 
 
 # Pillow's `reduce` averages the values of these modes; any other is widened to one first, a band

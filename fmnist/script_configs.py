@@ -18,6 +18,7 @@ from fmnist.config import DEVICES, at_least, check_keys, choose, require, valida
 from fmnist.data import CLASSES, SPLITS
 from fmnist.engine import TTA_MODES
 from fmnist.errors import UserError
+from fmnist.i18n import LANGUAGES
 
 
 @dataclass
@@ -45,6 +46,10 @@ class ExplainConfig:
     probs: Any = None  # probabilities already normalised, one row or a list of rows
     target: Any = None  # the same as targets (the name used with probs)
     example: ExampleConfig = field(default_factory=ExampleConfig)
+    lang: str = "en"  # en | zh: the explanation in English or in Simplified Chinese
+
+    def __post_init__(self) -> None:
+        choose("lang", self.lang, tuple(LANGUAGES))
 
 
 def validate_explain(cfg: DictConfig) -> ExplainConfig:

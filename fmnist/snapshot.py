@@ -28,6 +28,7 @@ from fmnist.engine import Compute, predict
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.explain import agree, expansion, verdict
 from fmnist.files import write_text_atomically
+from fmnist.i18n import Text, class_name, padded, say
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
 from fmnist.report import figures
 from fmnist.script_configs import SnapshotConfig, validate_snapshot
@@ -72,7 +73,7 @@ class Snapshot:
     @property
     def subject(self) -> str:
         """The image, in words: the picture file, or `test image #17`."""
-        return self.picture or f"{self.split} image #{self.index}"
+        return self.picture or Text("snapshot.subject", split=self.split, index=self.index)
 
     @property
     def loss_by_hand(self) -> float:
@@ -113,7 +114,7 @@ def from_probs(probs: list[float], target: int) -> Snapshot:
         raise UserError(str(e)) from None
     theirs = nn.NLLLoss()(q.log().unsqueeze(0), t.unsqueeze(0))  # picks -log q[target]
     return Snapshot(
-        "the given probabilities q",
+        Text("snapshot.source.probs"),
         list(data.CLASSES),
         target,
         [float(v) for v in probs],
@@ -151,7 +152,9 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
         model, classes, mean, std = loaded.model, loaded.classes, loaded.mean, loaded.std
         compute = loaded.compute(device)
         step = loaded.checkpoint.get("step")
-        source = f"{type(model).__name__} from {loaded.path} (step {step})"
+        source = Text(
+            "snapshot.source.checkpoint", model=type(model).__name__, path=loaded.path, step=step
+        )
         details = {
             "model": type(model).__name__,
             "ckpt_path": str(loaded.path.resolve()),
@@ -163,7 +166,7 @@ def from_model(cfg: SnapshotConfig, model_cfg: DictConfig) -> Snapshot:
         model = instantiate(model_cfg)
         classes, mean, std = list(data.CLASSES), data.MEAN, data.STD
         compute = Compute(device, bf16=False, channels_last=False)
-        source = f"an untrained {type(model).__name__} (seed {cfg.seed})"
+        source = Text("snapshot.source.untrained", model=type(model).__name__, seed=cfg.seed)
         details = {"model": type(model).__name__, "seed": cfg.seed, "precision": "32"}
     model = compute.place(model)
     model.eval()  # BatchNorm's running statistics, no dropout
@@ -207,26 +210,34 @@ def from_logits(
 # --------------------------------------------------------------------------------------------
 
 
-def report(s: Snapshot) -> str:
-    """q, p, the loss term by term, its value, ours and PyTorch's, and the ln 10 reference."""
+def report(s: Snapshot, lang: str = "en") -> str:
+    """q, p, the loss term by term, its value, ours and PyTorch's, and the ln 10 reference; in
+    `lang` (en, zh)."""
     f = f".{DECIMALS}f"
-    name = s.classes[s.target]
+    name = class_name(s.target, s.classes, lang)
     if s.logits is None:
-        head = [f"Cross-entropy of {s.source}, true class {s.target} ({name})."]
-        q_is = "q = the given probabilities"
+        head = [say(lang, "snapshot.head.probs", source=s.source, target=s.target, name=name)]
+        q_is = say(lang, "snapshot.q.probs")
     else:
+        subject = s.subject
         head = [
-            f"Snapshot of {s.source}, in eval mode, on {s.subject}: "
-            f"true class {s.target} ({name}).",
+            say(
+                lang,
+                "snapshot.head.model",
+                source=s.source,
+                subject=subject,
+                target=s.target,
+                name=name,
+            )
         ]
-        q_is = "q = the model's probabilities, softmax(logits)"
+        q_is = say(lang, "snapshot.q.model")
     width = max(len(c) for c in s.classes) + 2
-    lines = [*head, "", f"{q_is}; p = the one-hot truth:"]
-    lines.append(f"  {'class':<{width + 2}}{'q':>6}  p")
-    for c, (cls, qc, pc) in enumerate(zip(s.classes, s.q, s.p, strict=True)):
-        mark = "   <- true class" if pc else ""
-        lines.append(f"  {c} {cls:<{width}}{qc:{f}}  {pc}{mark}")
-    side = "above" if s.loss_ours >= LN10 else "below"
+    lines = [*head, "", say(lang, "snapshot.p", q_is=q_is)]
+    column = padded(say(lang, "snapshot.column.class"), width + 2)
+    lines.append(f"  {column}{'q':>6}  p")
+    for c, (qc, pc) in enumerate(zip(s.q, s.p, strict=True)):
+        mark = say(lang, "snapshot.true_mark") if pc else ""
+        lines.append(f"  {c} {padded(class_name(c, s.classes, lang), width)}{qc:{f}}  {pc}{mark}")
     ours_call, torch_call = (
         ("cross_entropy_from_probs(q, target)", "torch.nn.NLLLoss()(log(q), target)")
         if s.logits is None
@@ -237,41 +248,41 @@ def report(s: Snapshot) -> str:
         f"q = [{', '.join(format(v, f) for v in s.q)}]",
         f"p = [{', '.join(map(str, s.p))}]",
         "",
-        "loss = -sum_c p_c * log(q_c)",
+        say(lang, "snapshot.loss"),
         f"     = {expansion(s.q, s.target)} = {s.loss_by_hand:{f}}",
-        f"     = -log(q[{s.target}]) = -log({s.shown[s.target]:{f}})   (the p_c = 0 terms vanish)",
+        say(lang, "snapshot.vanish", target=s.target, q=f"{s.shown[s.target]:{f}}"),
         "",
-        f"Our loss, fmnist.losses.{ours_call}: {s.loss_ours:.6f}",
-        f"PyTorch, {torch_call}: {s.loss_torch:.6f}",
-        f"They agree: {verdict(s.loss_ours, s.loss_torch)}.",
+        say(lang, "snapshot.ours", call=ours_call, value=f"{s.loss_ours:.6f}"),
+        say(lang, "snapshot.torch", call=torch_call, value=f"{s.loss_torch:.6f}"),
+        say(lang, "explain.agree", verdict=verdict(s.loss_ours, s.loss_torch, lang)),
     ]
     if round(s.loss_by_hand, DECIMALS) != round(s.loss_ours, DECIMALS):
-        lines.append("(By hand uses q rounded to 4 decimals, as printed; the losses use exact q.)")
+        lines.append(say(lang, "snapshot.rounded"))
+    side = "snapshot.above" if s.loss_ours >= LN10 else "snapshot.below"
     lines += [
         "",
-        f"An untrained {NUM_CLASSES}-class model gives about ln {NUM_CLASSES} = {LN10:{f}}: its q "
-        f"is close to 1/{NUM_CLASSES} for every class, and -log(1/{NUM_CLASSES}) = "
-        f"ln {NUM_CLASSES}.",
-        f"This loss, {s.loss_ours:{f}}, is {abs(s.loss_ours - LN10):{f}} {side} it.",
-        _verdict(s),
+        say(lang, "snapshot.untrained", c=NUM_CLASSES, ln=f"{LN10:{f}}"),
+        say(lang, side, loss=f"{s.loss_ours:{f}}", distance=f"{abs(s.loss_ours - LN10):{f}}"),
+        _verdict(s, lang),
     ]
     return "\n".join(lines)
 
 
-def _verdict(s: Snapshot) -> str:
+def _verdict(s: Snapshot, lang: str) -> str:
     """Why this answer costs what it costs: right or wrong, sure or unsure."""
     top = max(range(len(s.q)), key=s.q.__getitem__)
+    f = f".{DECIMALS}f"
     if top == s.target:
-        return (
-            f"The top class is the true one, with q = {s.q[top]:.{DECIMALS}f}: the surer a right "
-            "answer, the closer its loss is to 0."
-        )
-    return (
-        f"The top class is {s.classes[top]} (q = {s.q[top]:.{DECIMALS}f}), not "
-        f"{s.classes[s.target]} (q = {s.q[s.target]:.{DECIMALS}f}): the loss looks only at "
-        f"q[{s.target}], so a wrong answer costs more the surer it is (the less it leaves for the "
-        f"true class), and an unsure one (q near 1/{NUM_CLASSES} everywhere) about "
-        f"ln {NUM_CLASSES}."
+        return say(lang, "snapshot.right", q=f"{s.q[top]:{f}}")
+    return say(
+        lang,
+        "snapshot.wrong",
+        top=class_name(top, s.classes, lang),
+        q_top=f"{s.q[top]:{f}}",
+        true=class_name(s.target, s.classes, lang),
+        q_true=f"{s.q[s.target]:{f}}",
+        target=s.target,
+        c=NUM_CLASSES,
     )
 
 

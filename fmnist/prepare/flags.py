@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from fmnist.i18n import Text
+
 # Per-image mean and standard deviation of the pixels (scaled to [0, 1]) of the 60000 training
 # images: their 0.5th and 99.5th percentiles, measured once with data.load_split("train") and
 # torch.quantile over images.float().div(255).mean((1, 2)) and .std((1, 2), unbiased=False).
@@ -39,7 +41,7 @@ def doubts(pixels: Tensor, top_probability: float, failed: str | None = None) ->
     """
     found: list[str] = []
     if top_probability < UNSURE_BELOW:
-        found.append(f"unsure: top probability {top_probability:.2f} < {UNSURE_BELOW}")
+        found.append(Text("doubt.unsure", p=f"{top_probability:.2f}", limit=UNSURE_BELOW))
     if failed:
         found.append(failed)
     scaled = pixels.float() / 255
@@ -48,7 +50,5 @@ def doubts(pixels: Tensor, top_probability: float, failed: str | None = None) ->
         ("std", scaled.std(unbiased=False).item(), TYPICAL_STD),
     ):
         if not low <= value <= high:
-            found.append(
-                f"unlike the training images: pixel {name} {value:.3f} outside {low}..{high}"
-            )
+            found.append(Text("doubt.pixels", name=name, value=f"{value:.3f}", low=low, high=high))
     return found

@@ -12,6 +12,7 @@ from scipy import ndimage
 from skimage import measure
 
 from fmnist.data import SIDE
+from fmnist.i18n import Text
 from fmnist.prepare.background import ring
 from fmnist.prepare.pixels import Mask, Plane, mask_box, slices_box
 
@@ -68,13 +69,10 @@ def failure(mask: Mask, shape: tuple[int, ...]) -> str | None:
     its border ring: noise or texture the background's own measure did not cover (a product
     photo cropped tight touches its border in places, not along it)."""
     if not mask.any():
-        return "no object found: nothing stands out from the background"
+        return Text("doubt.nothing")
     top, left, bottom, right = mask_box(mask)
     share = (bottom - top) * (right - left) / (mask.shape[0] * mask.shape[1])
     on_border = float(mask[ring(mask.shape)].mean())
     if max(shape[:2]) >= LARGE and share >= WHOLE and on_border > 1 / 3:
-        return (
-            f"no object found: the object's box is {share:.0%} of the picture and it covers "
-            f"{on_border:.0%} of the border (the background could not be told from it)"
-        )
+        return Text("doubt.everything", share=f"{share:.0%}", border=f"{on_border:.0%}")
     return None
