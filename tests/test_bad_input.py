@@ -353,7 +353,7 @@ CASES = [
         BENCHMARK,
         ["presets=[fast,nosuch]"],
         "presets: 'nosuch' is not a training config: "
-        "In 'train': Could not find 'experiment/nosuch'",
+        "In 'training': Could not find 'experiment/nosuch'",
     ),
     (BENCHMARK, ['presets=["trainer.max_epochs=0"]'], "trainer.max_epochs=0 is invalid"),
     (BENCHMARK, ["hydra.run.dir=/sys/x"], UNWRITABLE.format("run")),
@@ -389,7 +389,7 @@ CASES = [
     (BENCHMARK_APP, ["clients=0"], "clients=0 is invalid: must be at least 1"),
     (BENCHMARK_APP, ["model=linear"], "error: model is not a setting of scripts/benchmark_app.py"),
     (BENCHMARK_APP, ["+calls2=1"], "error: calls2 is not a setting of the config"),
-    (TUNE, [], "error: choose a search: hparams_search=NAME (fast, smoke)"),
+    (TUNE, [], "error: choose a search: hparams_search=NAME (fast, fast_pareto, smoke)"),
     (TUNE, ["hparams_search=nosuch"], "hparams_search=nosuch is not an option of hparams_search"),
     (
         TUNE,
