@@ -23,8 +23,9 @@ from PIL import Image
 
 from fmnist import data
 from fmnist.app import learning, lesson, server
-from fmnist.app.picture import STEP_CAPTIONS, Pictures
+from fmnist.app.picture import SHOWN, Pictures
 from fmnist.errors import UserError
+from fmnist.i18n import CLASSES_ZH, say
 from fmnist.losses import cross_entropy
 from fmnist.predict import from_checkpoint
 from fmnist.prepare import image_of
@@ -144,7 +145,8 @@ def test_a_picture_is_what_predict_py_says_of_it(pictures, test_png, trained_run
     assert shown["lesson"]["loss"] == expected["lesson"]["loss"]
     printed = ran.stdout.replace(str(path), path.name)  # the page names the file, not its path
     assert "-log(q[" in result.lesson() and result.lesson() in printed
-    assert max(result.top, key=result.top.get) == data.CLASSES[shown["top"][0]["class"]]
+    top = result.top()
+    assert max(top, key=top.get) == data.CLASSES[shown["top"][0]["class"]]
     captions = [caption for _, caption in result.steps()]
     assert captions == ["test-1.png, as given", "1. what the model sees (28x28)"]
     assert "- doubts: " in result.details() and "`inverted`: False" in result.details()
@@ -164,11 +166,14 @@ def test_every_preparation_step_is_a_captioned_picture(pictures, data_root, disg
     shown = result.steps()
     assert [caption for _, caption in shown] == [
         f"{path.name}, as given",
-        *(f"{n}. {STEP_CAPTIONS[name]}" for n, name in enumerate(made, start=1)),
+        *(f"{n}. {say('en', f'picture.step.{name}')}" for n, name in enumerate(made, start=1)),
     ]
+    # Each a small picture (at most SHOWN pixels a side: the browser enlarges it), the last the
+    # model's 28x28 input as it is.
     assert all(
-        isinstance(picture, Image.Image) and max(picture.size) == 280 for picture, _ in shown[1:]
+        isinstance(picture, Image.Image) and max(picture.size) <= SHOWN for picture, _ in shown
     )
+    assert shown[-1][0].size == (28, 28)
     assert "array" not in result.details() and "[[" not in result.details()
     assert len(result.details()) < 1000
 
@@ -208,7 +213,7 @@ def test_an_empty_drawing_or_no_shot_is_refused(pictures):
             pictures.image(image, "drawing", PrepareConfig(), None)
         assert str(caught.value) == "the drawing is empty: draw a piece of clothing first"
     with pytest.raises(UserError, match=r"there is no webcam shot \(or it is one flat colour\)"):
-        pictures.image(None, "webcam shot", PrepareConfig(), None)
+        pictures.image(None, "webcam", PrepareConfig(), None)
     drawn = blank.copy()
     drawn.paste((0, 0, 0, 255), (150, 100, 250, 300))  # a dark stroke on the canvas
     result = pictures.image(drawn, "drawing", PrepareConfig(), 3)
@@ -230,9 +235,23 @@ def test_the_slider_shows_each_epochs_numbers(trained_run):
         assert view.summary.startswith(f"**Epoch {epoch}**")
         assert [row[5] for row in view.rows] == [round(v, 4) for v in record.epochs[epoch].loss]
         assert [row[1] for row in view.rows] == [data.CLASSES[y] for y in record.labels]
+        assert [caption for _, caption in view.images] == [
+            f"{data.CLASSES[y]} → {row[2]}, loss {loss:.4f}"
+            for y, row, loss in zip(
+                record.labels, view.rows, record.epochs[epoch].loss, strict=True
+            )
+        ]
+        now = view.curve[view.curve.series == "this epoch"]
+        assert set(now.step) == {record.epochs[epoch].step}  # the slider's epoch, marked
     untrained, last = learning.view(run, 0), learning.view(run, 2)
     assert [row[4] for row in untrained.rows] != [row[4] for row in last.rows]
     assert "(untrained, step 0)" in untrained.summary and "ln 10 = 2.3026" in untrained.summary
+    followed = last.curve[last.curve.series == "the 16 images' mean loss"]
+    assert list(followed.loss) == [e.mean_loss for e in record.epochs]
+    chinese = learning.view(run, 2, "zh")
+    assert chinese.summary.startswith("**第 2 个迭代周期**") and "ln 10 = 2.3026" in chinese.summary
+    assert chinese.headers[0] == "图像" and chinese.rows[0][1] == CLASSES_ZH[record.labels[0]]
+    assert [row[3:] for row in chinese.rows] == [row[3:] for row in last.rows]  # the same numbers
 
 
 def test_a_run_without_validation_images_says_so_in_one_line(tmp_path):
@@ -311,8 +330,8 @@ def test_without_a_model_the_lesson_works_and_the_other_tabs_say_how_to_train_on
     assert blocks.analytics_enabled is False
     config = blocks.get_config_file()
     texts = [c["props"].get("value") for c in config["components"] if c["type"] == "markdown"]
-    assert texts.count(page.NO_MODEL) == 2
-    assert page.NO_MODEL.startswith("No trained model yet: train one with `make train`")
+    assert texts.count(page.no_model("en")) == 2
+    assert page.no_model("en").startswith("No trained model yet: train one with `make train`")
     assert any("**0.9185**" in str(t) for t in texts) and any("**2.4361**" in str(t) for t in texts)
     names = {d.get("api_name") for d in config["dependencies"]}
     assert {"explain", "explain_probs"} <= names and "predict" not in names
@@ -336,14 +355,23 @@ def test_the_api_names_explain_and_predict(client):
     assert set(endpoints) == {"/explain", "/explain_probs", "/predict"}
 
 
+def table_of(x: torch.Tensor) -> dict:
+    """The lesson's logits table for logits `x`, with targets 2 and 0."""
+    rows = [[t, *row] for t, row in zip([2, 0], x.tolist(), strict=True)]
+    return {"headers": ["target", "a", "b", "c"], "data": rows}
+
+
 @pytest.mark.slow
 def test_explain_through_gradio_client_is_fmnist_losses(client):
-    table = {"headers": ["target", "a", "b", "c"], "data": [[2, 0.5, -3, 4], [0, 1, 1, 1]]}
+    table = table_of(torch.tensor([[0.5, -3, 4], [1, 1, 1]]))
     summary, _, _, steps, numbers = client.predict(table, api_name="/explain")
     x = torch.tensor([[0.5, -3, 4], [1, 1, 1]], dtype=torch.float64)
     expected = cross_entropy(x, torch.tensor([2, 0])).item()
     assert numbers["mean"] == expected and numbers["agree"]
     assert f"**{expected:.4f}**" in summary and steps.startswith("Softmax + cross-entropy")
+    chinese, _, _, zh_steps, zh_numbers = client.predict(table_of(x), "zh", api_name="/explain")
+    assert zh_numbers == numbers and "两者一致吗：一致" in chinese  # the same numbers
+    assert zh_steps.startswith("Softmax + 交叉熵，一步一步来")
     table = {"headers": ["target", "a", "b"], "data": [[0, 0.0, 1.0]]}
     summary, _, _, _, numbers = client.predict(table, api_name="/explain_probs")
     assert numbers["mean"] == numbers["torch"] == "inf" and numbers["agree"]
@@ -371,6 +399,34 @@ def test_predict_through_gradio_client_then_a_bad_file(client, test_png, picture
         client.predict(handle_file(str(notes)), "(unknown)", "auto", True, api_name="/predict")
     again = client.predict(handle_file(str(path)), "(unknown)", "auto", True, api_name="/predict")
     assert again[5]["q"] == numbers["q"] and again[5]["lesson"] is None
+    chinese = client.predict(
+        handle_file(str(path)), data.CLASSES[label], "auto", True, "zh", api_name="/predict"
+    )
+    assert chinese[0]["label"] == CLASSES_ZH[expected.prediction.top[0]]
+    assert chinese[5] == numbers and "（p_c = 0 的项都消失了）" in chinese[4]  # same numbers
+    with pytest.raises(AppError, match=r"notes\.png 不是 Pillow 能读取的图片"):
+        client.predict(
+            handle_file(str(notes)), "(unknown)", "auto", True, "zh", api_name="/predict"
+        )
+
+
+@pytest.mark.slow
+def test_eight_clients_at_once_each_get_their_own_pictures_prediction(
+    app_server, data_root, tmp_path
+):
+    """scripts/benchmark_app.py's load, on the real server: 24 different pictures from 8 clients
+    at once, every answer its own picture's (checked by name and distribution in `load`), and a
+    mixed-up or empty answer would be counted."""
+    from fmnist.app import load
+
+    pictures = load.test_pictures(tmp_path, 24, str(data_root))
+    results = load.load(app_server.url, pictures, clients=8)
+    assert (results["answered"], results["failed"], results["clients"]) == (24, 0, 8)
+    assert 0 < results["latency_ms"]["p50"] <= results["latency_ms"]["p95"]
+    q = [0.1] * 10
+    assert load._check({"file": "test-3.png", "q": q}, pictures[3]) is None
+    assert "the answer is for 'test-4.png'" in str(load._check({"file": "test-4.png"}, pictures[3]))
+    assert "no distribution" in str(load._check({"file": "test-3.png", "q": q[:9]}, pictures[3]))
 
 
 @pytest.mark.slow

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import png_header
+from conftest import TIMEOUT_MS, png_header
 from PIL import Image
 
 from fmnist import data
 from fmnist.app.learning import NO_VALIDATION
 from fmnist.app.picture import Pictures
+from fmnist.i18n import CLASSES_ZH
 from fmnist.losses import cross_entropy
 from fmnist.predict import from_checkpoint
 from fmnist.prepare import image_of
@@ -128,7 +129,9 @@ def right_picture(app_server, data_root, tmp_path_factory) -> tuple[Path, str]:
 
 def upload(page: Page, path: Path) -> None:
     box = page.locator("#picture-file")
-    clear = box.get_by_role("button", name="Clear")
+    clear = box.get_by_role(
+        "button", name=re.compile("^(Clear|清除)$")
+    )  # Gradio's, either language
     if clear.count():  # a file is shown: take it away first
         clear.click()
     box.locator("input[type=file]").set_input_files(path)
@@ -216,3 +219,49 @@ def test_the_slider_replays_the_run_from_untrained(app: Page, app_server, tmp_pa
     app.get_by_role("option", name="outputs/runs/no-validation").click()
     expect(summary).to_have_text(NO_VALIDATION)
     expect(app.locator("#learning-epoch")).to_be_hidden()
+
+
+def test_the_page_in_chinese_follows_the_browser_and_the_switch(
+    app_server, browser, right_picture, tmp_path
+):
+    """A browser whose language is zh-CN gets the page in Simplified Chinese: the tabs, the
+    lesson's words (its numbers the same), a picture's class on top, a bad upload's notice; the
+    switch turns it back into English."""
+    context = browser.new_context(locale="zh-CN", viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    outside: list[str] = []
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(app_server.url)
+            else (outside.append(route.request.url), route.abort())
+        ),
+    )
+    page.goto(app_server.url)
+    expect(page.get_by_role("tab", name="手算交叉熵")).to_be_visible()
+    expect(page.get_by_role("tab", name="你的图片")).to_be_visible()
+    logits, probs = page.locator("#logits-summary"), page.locator("#probs-summary")
+    expect(logits).to_contain_text(re.compile(r"平均损失，我们的实现（.*）：0\.9185"))
+    expect(logits).to_contain_text("两者一致吗：一致")
+    expect(probs).to_contain_text("2.4361")
+    screenshot(page, tmp_path, "app-lesson-zh.png")
+
+    path, name = right_picture
+    page.get_by_role("tab", name="你的图片").click()
+    (tmp_path / "notes.png").write_text("not a picture\n")
+    upload(page, tmp_path / "notes.png")
+    toast(page, "notes.png 不是 Pillow 能读取的图片：请给出 PNG, JPEG, WebP, BMP or GIF 文件")
+    upload(page, path)
+    top = page.locator("#picture-top").get_by_test_id("label-output-value")
+    expect(top).to_have_text(CLASSES_ZH[data.CLASSES.index(name)])
+    expect(page.locator("#picture-steps")).to_contain_text("模型看到的图像（28x28）")
+    screenshot(page, tmp_path, "app-picture-zh.png")
+
+    page.locator("#language").get_by_text("English").click()
+    expect(page.get_by_role("tab", name="Your picture")).to_be_visible()
+    expect(top).to_have_text(name)
+    context.close()
+    assert outside == [], "the page reached beyond the server"

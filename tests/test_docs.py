@@ -14,7 +14,11 @@ import pytest
 from conftest import ROOT, run_in_process
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+# The front page, its Simplified Chinese edition, and the reference
+PAGES = [ROOT / "README.md", ROOT / "README.zh.md", *DOCS]
+# Chinese characters (CJK Unified Ideographs)
+CJK = re.compile(r"[\u4e00-\u9fff]")
 # [text](target) and ![alt](target), outside code: the target up to a space or ')'
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -62,7 +66,17 @@ def test_the_readme_is_a_front_page_and_links_every_doc():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     linked = {Path(t.partition("#")[0]).name for t in relative_links(ROOT / "README.md")}
-    assert {p.name for p in PAGES[1:]} <= linked
+    assert {p.name for p in DOCS} <= linked
+
+
+def test_the_chinese_readme_is_a_front_page_linked_both_ways():
+    readme, chinese = ROOT / "README.md", ROOT / "README.zh.md"
+    assert "README.zh.md" in relative_links(readme)
+    assert "README.md" in relative_links(chinese)
+    text = chinese.read_text()
+    assert len(text.splitlines()) <= 120
+    assert "0.9185" in text and "2.4361" in text  # the two worked examples
+    assert len(CJK.findall(text)) >= 200
 
 
 # --------------------------------------------------------------------------------------------

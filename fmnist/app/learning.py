@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from fmnist.errors import UserError
-from fmnist.report import figures, val_predictions
+from fmnist.i18n import Text, class_name, say
+from fmnist.report import val_predictions
 from fmnist.report.board import read_scalars
 from fmnist.report.val_predictions import Epoch, ValPredictions
 
 DECIMALS = 4
-NO_VALIDATION = (
-    "This run has no validation split (data.val_size=0), so it followed no validation images: "
-    "train with one (the default) to watch a model learn."
-)
+NO_VALIDATION = Text("learning.no_validation")
 
 
 @dataclass
@@ -64,16 +64,13 @@ def load(run_dir: Path) -> Run:
     if record is None:
         raise UserError(_why_none(run_dir))
     if not record.epochs:
-        raise UserError(f"{run_dir} has not finished an epoch yet: wait for one, then reload")
+        raise UserError(Text("learning.error.no_epoch", run=run_dir))
     return Run(run_dir, record, read_scalars(run_dir, "train/loss"))
 
 
-def _why_none(run_dir: Path) -> str:
+def _why_none(run_dir: Path) -> Text:
     if not run_dir.is_dir():
-        return (
-            f"{run_dir} no longer exists (deleted or moved since the page started): choose "
-            "another run, or restart the page to list the runs there are now"
-        )
+        return Text("learning.error.gone", run=run_dir)
     saved = run_dir / ".hydra" / "config.yaml"
     try:
         val_size = OmegaConf.load(saved).data.val_size if saved.is_file() else None
@@ -81,10 +78,7 @@ def _why_none(run_dir: Path) -> str:
         val_size = None
     if val_size == 0:
         return NO_VALIDATION
-    return (
-        f"{run_dir} has no {val_predictions.FILE}: it was trained before fmnist kept one; "
-        "train it again to watch it learn."
-    )
+    return Text("learning.error.old", run=run_dir, file=val_predictions.FILE)
 
 
 @dataclass
@@ -94,40 +88,80 @@ class EpochView:
     summary: str  # Markdown
     headers: list[str]
     rows: list[list[Any]]  # one per image
-    grid: Any  # matplotlib Figure: the images, each with its prediction and loss
-    curve: Any  # matplotlib Figure: train/loss and the images' mean loss, this epoch marked
+    images: list[tuple[Image.Image, str]]  # each image, captioned with its prediction and loss
+    curve: pd.DataFrame  # train/loss and the images' mean loss by step, this epoch marked
 
 
-def view(run: Run, epoch: int) -> EpochView:
-    """The followed images after `epoch` epochs (0: untrained)."""
+def view(run: Run, epoch: int, lang: str = "en") -> EpochView:
+    """The followed images after `epoch` epochs (0: untrained), in `lang` (en, zh)."""
     record, at = run.record, run.at(epoch)
     classes, n = record.classes, len(record.labels)
-    q = torch.tensor(at.q)
-    predicted = q.argmax(1).tolist()
+    names = [class_name(k, classes, lang) for k in range(len(classes))]
+    predicted = torch.tensor(at.q).argmax(1).tolist()
     right = sum(p == y for p, y in zip(predicted, record.labels, strict=True))
     c = len(classes)
-    state = "untrained" if at.epoch == 0 else f"after epoch {at.epoch} of {run.epochs[-1]}"
-    summary = (
-        f"**Epoch {at.epoch}** ({state}, step {at.step}): **{right} of {n}** right; mean loss "
-        f"of the {n} images **{at.mean_loss:.{DECIMALS}f}** (ln {c} = {math.log(c):.{DECIMALS}f}"
-        f": q = 1/{c} for every class, what an untrained model gives)."
+    state = (
+        say(lang, "learning.state.untrained")
+        if at.epoch == 0
+        else say(lang, "learning.state.after", epoch=at.epoch, last=run.epochs[-1])
     )
-    headers = ["image", "true class", "predicted", "q[predicted]", "q[true class]", "loss"]
+    summary = say(
+        lang,
+        "learning.summary",
+        epoch=at.epoch,
+        state=state,
+        step=at.step,
+        right=right,
+        n=n,
+        loss=f"{at.mean_loss:.{DECIMALS}f}",
+        c=c,
+        ln=f"{math.log(c):.{DECIMALS}f}",
+    )
+    columns = ("image", "true", "predicted", "q_predicted", "q_true", "loss")
+    headers = [say(lang, f"learning.column.{column}") for column in columns]
     rows = [
         [
             k,
-            classes[y],
-            classes[predicted[k]],
+            names[y],
+            names[predicted[k]],
             round(at.q[k][predicted[k]], DECIMALS),
             round(at.q[k][y], DECIMALS),
             round(at.loss[k], DECIMALS),
         ]
         for k, y in enumerate(record.labels)
     ]
-    images = record.pixels.float().div(255).unsqueeze(1)
-    grid = figures.validation_predictions(
-        images, torch.tensor(record.labels), q, classes, at.step, losses=at.loss
-    )
-    followed = [(e.step, e.mean_loss) for e in record.epochs]
-    curve = figures.training_curve(run.train_loss, followed, at.step, len(classes))
-    return EpochView(summary, headers, rows, grid, curve)
+    images = [
+        (
+            Image.fromarray(record.pixels[k].numpy()),  # the browser enlarges it (pixelated)
+            say(
+                lang,
+                "learning.caption",
+                true=names[y],
+                predicted=names[predicted[k]],
+                loss=f"{at.loss[k]:.{DECIMALS}f}",
+            ),
+        )
+        for k, y in enumerate(record.labels)
+    ]
+    return EpochView(summary, headers, rows, images, curve(run, at.step, c, lang))
+
+
+def curve(run: Run, step: int, classes: int, lang: str) -> pd.DataFrame:
+    """A line plot's rows (step, loss, series): the run's train/loss at every step, the mean loss
+    of the followed images after each epoch (from ln C, untrained), ln C itself, and the epoch
+    shown, a vertical line."""
+    series = {
+        name: say(lang, f"learning.series.{name}", c=classes)
+        for name in ("train", "images", "untrained", "now")
+    }
+    followed = [(e.step, e.mean_loss) for e in run.record.epochs]
+    last = max([s for s, _ in [*run.train_loss, *followed]] or [1])
+    top = max([v for _, v in [*run.train_loss, *followed]] + [math.log(classes)])
+    rows = [(s, v, series["train"]) for s, v in run.train_loss]
+    rows += [(s, v, series["images"]) for s, v in followed]
+    rows += [
+        (0, math.log(classes), series["untrained"]),
+        (last, math.log(classes), series["untrained"]),
+    ]
+    rows += [(step, 0.0, series["now"]), (step, top, series["now"])]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])

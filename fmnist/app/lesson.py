@@ -11,14 +11,24 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from fmnist import explain
 from fmnist.data import CLASSES
 from fmnist.explain import DECIMALS, class_label, number, worked_expansion
+from fmnist.i18n import class_name, say
 from fmnist.losses import cross_entropy, cross_entropy_from_probs, softmax
-from fmnist.report import figures
+
+PLOT_TOP = -math.log(0.005)  # the plot's loss axis ends here (q = 0.005)
+
+
+def class_names(classes: int, lang: str) -> list[str]:
+    """Fashion-MNIST's class names for 10 classes (in `lang`), else the indices."""
+    if classes != len(CLASSES):
+        return [str(c) for c in range(classes)]
+    return [class_name(c, CLASSES, lang) for c in range(classes)]
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Worked:
     torch_call: str  # what computed `torch_mean`
     steps: str  # fmnist.explain's step-by-step text, as scripts/explain.py prints it
     by_hand: bool  # each sample's value from q rounded as shown (logits: as explain.py does)
+    lang: str = "en"  # the language of the words: en | zh
 
     @property
     def agree(self) -> bool:
@@ -48,30 +59,39 @@ class Worked:
 
     def summary(self) -> str:
         """The per-sample expansions, the mean and PyTorch's value, as Markdown."""
+        lang = self.lang
         lines = [
-            f"**Sample {i}** (target {class_label(t, len(q))}): loss = `{line}`  "
+            say(lang, "lesson.sample", i=i, label=class_label(t, len(q), lang), line=line)
             for i, (q, t, line) in enumerate(
                 zip(self.q, self.targets, self.expansions(), strict=True), start=1
             )
         ]
         if self.by_hand:
-            lines.append(
-                "(Each sample's value uses q rounded to 4 decimals, as on paper; the "
-                "mean uses the exact q.)"
-            )
+            lines.append(say(lang, "lesson.rounded"))
+        verdict = explain.verdict(self.mean, self.torch_mean, lang)
         lines += [
             "",
-            f"**Mean loss, ours** (`{self.ours_call}`): **{number(self.mean)}**  ",
-            f"**PyTorch** (`{self.torch_call}`): **{number(self.torch_mean)}**, they agree: "
-            f"{explain.verdict(self.mean, self.torch_mean)}.",
+            say(lang, "lesson.mean", call=self.ours_call, mean=number(self.mean)),
+            say(
+                lang,
+                "lesson.torch",
+                call=self.torch_call,
+                value=number(self.torch_mean),
+                verdict=verdict,
+            ),
         ]
         return "\n".join(lines)
 
     def q_table(self) -> tuple[list[str], list[list[Any]]]:
         """Headers and rows: each sample's target, q rounded as on paper, and its loss."""
-        classes = len(self.q[0])
-        names = CLASSES if classes == len(CLASSES) else [str(c) for c in range(classes)]
-        headers = ["sample", "target", *(f"q {name}" for name in names), "loss (exact q)"]
+        lang, classes = self.lang, len(self.q[0])
+        names = class_names(classes, lang)
+        headers = [
+            say(lang, "lesson.column.sample"),
+            say(lang, "lesson.column.target"),
+            *(f"q {name}" for name in names),
+            say(lang, "lesson.column.loss"),
+        ]
         rows = [
             [i, t, *(round(v, DECIMALS) for v in q), _json(round(loss, DECIMALS))]
             for i, (q, t, loss) in enumerate(
@@ -80,11 +100,21 @@ class Worked:
         ]
         return headers, rows
 
-    def figure(self) -> Any:
-        """-log q against q, each sample's q[target] marked (a matplotlib Figure)."""
+    def plot(self) -> pd.DataFrame:
+        """The loss of one sample, -log q[target], against q[target] (0 for a sure right answer,
+        ln C for an unsure one, without bound for a sure wrong one), with each sample's q[target]
+        and q = 1/C marked by a vertical line up to the curve: a line plot's rows (q, loss,
+        series), drawn in the browser."""
+        lang, classes = self.lang, len(self.q[0])
+        grid = [0.005 + i * (1 - 0.005) / 199 for i in range(200)]
+        rows = [(q, -math.log(q), say(lang, "lesson.plot.curve")) for q in grid]
+        marks = [(1 / classes, say(lang, "lesson.plot.unsure", c=classes))]
         pairs = zip(self.q, self.targets, strict=True)
-        points = [(f"sample {i}", q[t]) for i, (q, t) in enumerate(pairs, start=1)]
-        return figures.loss_against_q(points, len(self.q[0]))
+        marks += [(q[t], say(lang, "lesson.plot.sample", i=i)) for i, (q, t) in enumerate(pairs, 1)]
+        for q, name in marks:
+            top = min(-math.log(q), PLOT_TOP) if q > 0 else PLOT_TOP  # a q of 0: at the edge
+            rows += [(q, 0.0, name), (q, top, name)]
+        return pd.DataFrame(rows, columns=["q", "loss", "series"])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,10 +128,10 @@ class Worked:
         }
 
 
-def from_logits(rows: list[list[Any]]) -> Worked:
+def from_logits(rows: list[list[Any]], lang: str = "en") -> Worked:
     """Rows of [target, x_1, ..., x_C]; bad input is a `UserError` (fmnist.explain's message)."""
     targets, logits = _split(rows)
-    steps = explain.explain({"logits": logits, "targets": targets})  # checks them
+    steps = explain.explain({"logits": logits, "targets": targets}, lang)  # checks them
     x = torch.tensor(logits, dtype=torch.float64)
     t = torch.tensor(targets)
     return Worked(
@@ -114,13 +144,14 @@ def from_logits(rows: list[list[Any]]) -> Worked:
         "torch.nn.CrossEntropyLoss()(logits, targets)",
         steps,
         by_hand=True,
+        lang=lang,
     )
 
 
-def from_probs(rows: list[list[Any]]) -> Worked:
+def from_probs(rows: list[list[Any]], lang: str = "en") -> Worked:
     """Rows of [target, q_1, ..., q_C] that are already distributions (a softmax's output)."""
     targets, probs = _split(rows)
-    steps = explain.explain({"probs": probs, "target": targets})  # checks them
+    steps = explain.explain({"probs": probs, "target": targets}, lang)  # checks them
     q = torch.tensor(probs, dtype=torch.float64)
     t = torch.tensor(targets)
     return Worked(
@@ -133,6 +164,7 @@ def from_probs(rows: list[list[Any]]) -> Worked:
         "torch.nn.NLLLoss()(log(q), target)",
         steps,
         by_hand=False,
+        lang=lang,
     )
 
 

@@ -1,6 +1,12 @@
 """The page's API under load (`scripts/benchmark_app.py`, configs/benchmark_app.yaml): the real
 server, started as `scripts/app.py` would be, answers `calls` /predict requests sent by `clients`
-gradio_client clients at once.
+clients at once.
+
+A client is a thread with its own HTTP connection speaking Gradio's documented HTTP API (upload,
+queue the call, read its result from the event stream), as any program calling the page would.
+It is kept small on purpose: on a 2-core machine the load generator shares the CPU with the
+server, and gradio_client, which makes a new connection per request and follows each call's
+progress, spends about twice the server's CPU time doing so.
 
 Each call uploads a different test image (test-<index>.png) and must come back with that file's
 prediction (its name, 10 probabilities summing to 1): an answer lost, failed or mixed up with
@@ -26,18 +32,22 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 from omegaconf import DictConfig
 
 from fmnist import data, runs
-from fmnist.app.server import NO_MODEL_FIX, model
+from fmnist.app.picture_tab import UNKNOWN
+from fmnist.app.server import model
 from fmnist.benchmark import machine
 from fmnist.errors import UserError, reports_user_errors
 from fmnist.files import write_text_atomically
+from fmnist.i18n import say
 from fmnist.prepare import image_of
 from fmnist.script_configs import AppConfig, validate_app_benchmark
 
 APP = data.PROJECT_ROOT / "scripts" / "app.py"
 START_TIMEOUT = 600  # seconds for the server to answer (imports torch and Gradio first)
+CALL_TIMEOUT = 120  # seconds for one request
 
 
 @reports_user_errors
@@ -48,7 +58,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         # The model the page will serve, checked here first: a mistake is the app's own line.
         predictor, _ = model(AppConfig(ckpt_path=settings.ckpt_path, device="cpu"))
         if predictor is None:
-            raise UserError(f"no model to serve: {NO_MODEL_FIX}, or give ckpt_path=")
+            raise UserError(
+                f"no model to serve: {say('en', 'page.no_model_fix')}, or give ckpt_path="
+            )
         with tempfile.TemporaryDirectory() as tmp:
             pictures = test_pictures(Path(tmp), settings.calls, settings.data.root)
             with served(settings.ckpt_path, Path(tmp)) as url:
@@ -115,8 +127,6 @@ class served:
 def load(url: str, pictures: list[Path], clients: int) -> dict[str, Any]:
     """Every picture predicted once through /predict, by `clients` clients at once (client k
     takes pictures k, k + clients, ...); the latencies, and the calls that failed."""
-    from gradio_client import Client, handle_file
-
     # httpx logs every request at INFO, and Hydra's logging prints INFO: thousands of lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     latencies: list[float] = []
@@ -125,23 +135,20 @@ def load(url: str, pictures: list[Path], clients: int) -> dict[str, Any]:
     ready = threading.Barrier(clients + 1)
 
     def client(k: int) -> None:
-        api = Client(url, verbose=False, download_files=False)
-        ready.wait()
-        for path in pictures[k::clients]:
-            start = time.perf_counter()
-            try:
-                answer = api.predict(
-                    handle_file(str(path)), "(unknown)", "auto", True, api_name="/predict"
-                )
-                problem = _check(answer[-1], path)
-            except Exception as e:  # counted and named, whatever it is
-                problem = f"{path.name}: {type(e).__name__}: {e}"
-            seconds = time.perf_counter() - start
-            with lock:
-                if problem:
-                    failures.append(problem)
-                else:
-                    latencies.append(seconds)
+        with httpx.Client(base_url=f"{url}/gradio_api", timeout=CALL_TIMEOUT) as http:
+            ready.wait()
+            for path in pictures[k::clients]:
+                start = time.perf_counter()
+                try:
+                    problem = _check(predicted(http, path), path)
+                except Exception as e:  # counted and named, whatever it is
+                    problem = f"{path.name}: {type(e).__name__}: {e}"
+                seconds = time.perf_counter() - start
+                with lock:
+                    if problem:
+                        failures.append(problem)
+                    else:
+                        latencies.append(seconds)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for thread in threads:
@@ -154,6 +161,34 @@ def load(url: str, pictures: list[Path], clients: int) -> dict[str, Any]:
     for problem in failures:
         print(f"error: {problem}", file=sys.stderr)
     return summary(latencies, len(failures), clients, wall)
+
+
+def predicted(http: httpx.Client, path: Path) -> dict[str, Any]:
+    """/predict's numbers for the picture at `path`, through Gradio's HTTP API: the file
+    uploaded, the call queued (the true class unknown, invert auto, crop on, in English), then
+    its result read from the event stream."""
+    with path.open("rb") as file:
+        uploaded = http.post("/upload", files={"files": (path.name, file, "image/png")})
+    uploaded.raise_for_status()
+    picture = {
+        "path": uploaded.json()[0],
+        "orig_name": path.name,
+        "meta": {"_type": "gradio.FileData"},
+    }
+    queued = http.post("/call/predict", json={"data": [picture, UNKNOWN, "auto", True, "en"]})
+    queued.raise_for_status()
+    events = http.get(f"/call/predict/{queued.json()['event_id']}")
+    events.raise_for_status()
+    event = None
+    for line in events.text.splitlines():  # "event: <kind>" then "data: <json>"
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and event in ("complete", "error"):
+            answer = json.loads(line.removeprefix("data: "))
+            if event == "error":
+                raise RuntimeError(f"the server failed: {answer}")
+            return dict(answer[-2])  # the outputs end with the numbers and the page's state
+    raise RuntimeError("the event stream ended without a result")
 
 
 def _check(answer: dict[str, Any], path: Path) -> str | None:

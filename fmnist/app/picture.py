@@ -15,75 +15,93 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 from PIL import Image
 from torch import Tensor
 
 from fmnist import data
 from fmnist.errors import UserError
+from fmnist.i18n import Text, class_name, in_language, say
 from fmnist.predict import Prediction, Predictor, picture_of, predict_pictures, read_picture
 from fmnist.prepare import grayscale, image_of
-from fmnist.report import figures
 from fmnist.script_configs import PrepareConfig
 from fmnist.snapshot import report
 
-SHOWN = 280  # pixels: a 28x28 input is shown 10 times as large, each pixel a square
-THUMBNAIL = 280  # pixels: the longest edge of the picture as given, in the steps shown
+KINDS = ("top", "true", "both", "other")  # what a class's bar is (picture.bars.<kind>)
+SHOWN = 192  # pixels: the longest edge of a step's picture at most (the browser enlarges a
+# smaller one, a 28x28 input, each pixel a square: `picture_tab.CSS`)
+THUMBNAIL = 192  # pixels: the longest edge of the picture as given, in the steps shown
 
 
 @dataclass
 class Result:
-    """A picture's prediction and what it is shown with."""
+    """A picture's prediction and what it is shown with, in either language (`lang`: en, zh)."""
 
     prediction: Prediction
     classes: list[str]
-    source: str  # the picture, in words
+    source: str  # the picture, in words (a `Text` when it is not a file's name)
 
-    @property
-    def top(self) -> dict[str, float]:
+    def top(self, lang: str = "en") -> dict[str, float]:
         """Every class and its probability, for a label showing the top ones."""
-        return dict(zip(self.classes, self.prediction.q, strict=True))
+        names = [class_name(c, self.classes, lang) for c in range(len(self.classes))]
+        return dict(zip(names, self.prediction.q, strict=True))
 
-    def steps(self) -> list[tuple[Image.Image, str]]:
+    def steps(self, lang: str = "en") -> list[tuple[Image.Image, str]]:
         """The picture as given, then the picture after each step of preparation that changed it
         (`Prepared.steps`, in order, as predictions.png shows them), captioned."""
-        shown = [(self.prediction.picture.thumbnail, f"{self.source}, as given")]
+        shown = [
+            (self.prediction.picture.thumbnail, say(lang, "picture.given", source=self.source))
+        ]
         for number, (name, pixels) in enumerate(self.prediction.picture.prepared.steps, start=1):
-            shown.append((displayed(pixels), f"{number}. {STEP_CAPTIONS.get(name, name)}"))
+            shown.append((displayed(pixels), f"{number}. {say(lang, f'picture.step.{name}')}"))
         return shown
 
-    def details(self) -> str:
+    def details(self, lang: str = "en") -> str:
         """What preparation found (its numbers; its pictures are the steps), and the doubts, as
         Markdown."""
         lines = [
-            f"- `{name}`: {value}"
+            f"- `{name}`: {in_language(value, lang)}"
             for name, value in _fields(self.prediction.picture.prepared)
             if name not in ("pixels", "steps")
         ]
-        doubts = self.prediction.doubts
-        lines.append(
-            "- doubts: " + ("; ".join(doubts) if doubts else "none (the flag is not raised)")
-        )
+        doubts = [in_language(doubt, lang) for doubt in self.prediction.doubts]
+        shown = "; ".join(doubts) if doubts else say(lang, "picture.no_doubts")
+        lines.append(say(lang, "picture.doubts", doubts=shown))
         return "\n".join(lines)
 
-    def lesson(self) -> str:
+    def lesson(self, lang: str = "en") -> str:
         """The loss against the chosen true class, term by term (fmnist.snapshot.report)."""
         if self.prediction.lesson is None:
-            return "Choose the true class to see p and the loss worked out term by term."
-        return report(self.prediction.lesson)
+            return say(lang, "picture.lesson_hint")
+        named = dataclasses.replace(self.prediction.lesson, picture=in_language(self.source, lang))
+        return report(named, lang)
 
-    def figure(self) -> Any:
-        """The input the model saw beside its q (a matplotlib Figure)."""
+    def bars(self, lang: str = "en") -> pd.DataFrame:
+        """q per class, for a bar plot drawn in the browser: each bar says whether its class is
+        the top one, the true one (when chosen), both, or another. Every kind is in the data,
+        those without a bar as a bar of height 0: the browser's plot fixes its colours to the
+        kinds of the first data it draws, and would not draw a kind that came later."""
         p = self.prediction
-        top = p.top[0]
         target = p.lesson.target if p.lesson else None
-        title = f"top class: {self.classes[top]} (q = {p.q[top]:.4f})"
-        return figures.image_and_probabilities(
-            p.picture.prepared.pixels, "what the model sees", p.q, self.classes, target, title
+
+        def kind(c: int) -> str:
+            top, true = c == p.top[0], c == target
+            return "both" if top and true else "top" if top else "true" if true else "other"
+
+        names = list(self.top(lang))
+        kinds = [kind(c) for c in range(len(names))]
+        absent = [k for k in KINDS if k not in kinds]
+        return pd.DataFrame(
+            {
+                "class": names + [names[0]] * len(absent),
+                "q": p.q + [0.0] * len(absent),
+                "kind": [say(lang, f"picture.bars.{k}") for k in kinds + absent],
+            }
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """What predictions.json says of one picture."""
+        """What predictions.json says of one picture (in English whatever the page's language)."""
         return self.prediction.as_dict(self.classes)
 
 
@@ -100,17 +118,22 @@ class Pictures:
         try:
             picture = read_picture(where)
         except UserError as e:  # the upload folder's path means nothing to the user
+            problem = e.args[0]
+            if isinstance(problem, Text):
+                raise UserError(
+                    Text(problem.key, **{**problem.values, "path": where.name})
+                ) from None
             raise UserError(str(e).replace(str(where), where.name)) from None
         return self.predict(picture, where.name, settings, target)
 
     def image(
         self, image: Image.Image | None, what: str, settings: PrepareConfig, target: int | None
     ) -> Result:
-        """A webcam shot or a drawing (already decoded); none, or one flat colour (an untouched
-        canvas), is a `UserError`."""
+        """A webcam shot or a drawing (`what`: webcam or drawing; already decoded); none, or one
+        flat colour (an untouched canvas), is a `UserError`."""
         if image is None or flat(grayscale(image)):  # a transparent canvas is shown on white
-            raise UserError(EMPTY[what])
-        return self.predict(image, what, settings, target)
+            raise UserError(Text(EMPTY[what]))
+        return self.predict(image, Text(f"picture.source.{what}"), settings, target)
 
     def test_image(
         self, index: int, settings: PrepareConfig, target: int | None = None
@@ -119,14 +142,13 @@ class Pictures:
         class."""
         images, labels = self.test_split()
         if not 0 <= index < len(labels):
-            raise UserError(
-                f"test image {index} does not exist: the test split has {len(labels)} images "
-                f"(0..{len(labels) - 1})"
-            )
+            count = len(labels)
+            raise UserError(Text("picture.error.index", index=index, count=count, last=count - 1))
         label = int(labels[index])
         picture = image_of(images[index])
         chosen = label if target is None else target
-        return self.predict(picture, f"test image #{index}", settings, chosen), label
+        source = Text("picture.source.test", index=index)
+        return self.predict(picture, source, settings, chosen), label
 
     def test_split(self) -> tuple[Tensor, Tensor]:
         if self._test is None:
@@ -141,10 +163,7 @@ class Pictures:
         return Result(prediction, self.predictor.classes, source)
 
 
-EMPTY = {
-    "drawing": "the drawing is empty: draw a piece of clothing first",
-    "webcam shot": "there is no webcam shot (or it is one flat colour): take one first",
-}
+EMPTY = {"drawing": "picture.error.empty_drawing", "webcam": "picture.error.no_shot"}
 
 
 def flat(pixels: Tensor) -> bool:
@@ -152,26 +171,13 @@ def flat(pixels: Tensor) -> bool:
     return bool((pixels == pixels.flatten()[0]).all())
 
 
-STEP_CAPTIONS = {  # fmnist.prepare's step names, as the page captions them
-    "grayscale": "grayscale",
-    "evened": "uneven light evened",
-    "inverted": "inverted: each pixel's distance from the background",
-    "contrast": "each pixel's distance from the background",
-    "mask": "the object found (mask)",
-    "crop": "cropped to the object",
-    "turned and cropped": "turned upright and cropped",
-    "input": "what the model sees (28x28)",
-}
-
-
 def displayed(pixels: NDArray[np.uint8]) -> Image.Image:
-    """A step's uint8 (H, W) or (H, W, 3) picture `SHOWN` pixels on its longest side: a small one
-    enlarged with each pixel a square (no smoothing), a large one shrunk."""
+    """A step's uint8 (H, W) or (H, W, 3) picture, at most `SHOWN` pixels on its longest side (a
+    larger one shrunk; a smaller one sent as it is: a few hundred bytes, which the browser
+    enlarges)."""
     image = Image.fromarray(pixels)
-    scale = SHOWN / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-    return image.resize(size, resample)
+    image.thumbnail((SHOWN, SHOWN), Image.Resampling.BILINEAR)
+    return image
 
 
 def _fields(value: Any) -> list[tuple[str, Any]]:

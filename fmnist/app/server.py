@@ -26,9 +26,6 @@ from fmnist.errors import UserError, reports_user_errors
 from fmnist.predict import Predictor, from_checkpoint, from_onnx
 from fmnist.script_configs import AppConfig, ExampleConfig, ServerConfig, validate_app
 
-NO_MODEL_FIX = (
-    "train one with `make train` (or `python scripts/train.py experiment=fast`, about a minute)"
-)
 MAX_UPLOAD = "20mb"  # Gradio refuses larger uploads, with a message in the page
 OUTPUTS = Path("outputs")  # where training writes its runs (relative, as configs/train.yaml)
 
@@ -50,8 +47,8 @@ def main(cfg: DictConfig) -> None:
         runs={name(run): run for run in find_runs(OUTPUTS, own_run)},
         max_upload=MAX_UPLOAD,
     )
-    print(f"Model: {contents.model}" if predictor else page.NO_MODEL)
-    serve(page.build(contents), settings.server)
+    print(f"Model: {contents.model}" if predictor else page.no_model("en"))
+    serve(page.build(contents), settings.server, page.CSS)
 
 
 def model(settings: AppConfig) -> tuple[Predictor | None, Path | None]:
@@ -123,7 +120,7 @@ def _bind_problem(error: OSError, server: ServerConfig, where: str) -> str:
     return f"cannot listen on {where} ({error.strerror})"
 
 
-def serve(page: Any, server: ServerConfig) -> None:
+def serve(page: Any, server: ServerConfig, css: str) -> None:
     """Serve `page` until Ctrl-C. Gradio's own start-up lines are left out (they offer a share
     link, which this page never makes); one line says where the page is once it answers."""
     try:
@@ -135,6 +132,7 @@ def serve(page: Any, server: ServerConfig) -> None:
             allowed_paths=[],
             footer_links=["api"],
             show_error=False,
+            css=css,
             quiet=True,
             prevent_thread_lock=True,
         )

@@ -207,18 +207,16 @@ def validation_predictions(
     classes: list[str],
     step: int,
     columns: int = 8,
-    losses: list[float] | None = None,
 ) -> Figure:
     """Fixed validation images, each titled with the predicted class and its probability and
-    the true class (and its loss, when given); wrong predictions in red. Drawn at every
-    validation pass, it shows the model learning."""
+    the true class; wrong predictions in red. Drawn at every validation pass, it shows the model
+    learning."""
     rows = math.ceil(len(images) / columns)
     use_agg()
     import matplotlib.pyplot as plt
 
-    height = 1.9 if losses is None else 2.1
     fig, axes = plt.subplots(
-        rows, columns, figsize=(1.6 * columns, height * rows + 0.4), dpi=80, squeeze=False
+        rows, columns, figsize=(1.6 * columns, 1.9 * rows + 0.4), dpi=80, squeeze=False
     )
     confidence, predicted = q.max(1)
     for ax in axes.flat:
@@ -226,10 +224,8 @@ def validation_predictions(
     for k, ax in enumerate(axes.flat[: len(images)]):
         right = int(predicted[k]) == int(labels[k])
         ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-        loss = "" if losses is None else f"\nloss {losses[k]:.2f}"
         ax.set_title(
-            f"{classes[int(predicted[k])]} {confidence[k]:.0%}\n(true: {classes[int(labels[k])]})"
-            f"{loss}",
+            f"{classes[int(predicted[k])]} {confidence[k]:.0%}\n(true: {classes[int(labels[k])]})",
             fontsize=7,
             color="green" if right else "red",
         )
@@ -274,38 +270,5 @@ def loss_against_q(points: list[tuple[str, float]], num_classes: int) -> Figure:
         )
     ax.set(title="loss = -log q[true class]", xlabel="q[true class]", ylabel="loss", ylim=(0, 5.5))
     ax.set_xlim(0, 1.02)
-    fig.tight_layout()
-    return fig
-
-
-def training_curve(
-    train_loss: list[tuple[int, float]],
-    followed: list[tuple[int, float]],
-    at_step: int | None,
-    num_classes: int,
-) -> Figure:
-    """A run's train/loss at every step beside the mean loss of the followed validation images
-    after each epoch (`followed`: (step, loss)), from ln C untrained; `at_step` marked."""
-    use_agg()
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    if train_loss:
-        steps, values = zip(*train_loss, strict=True)
-        ax.plot(steps, values, color="tab:blue", linewidth=1, label="train/loss (each step)")
-    steps, values = zip(*followed, strict=True)
-    ax.plot(steps, values, "o-", color="tab:orange", label="the 16 images' mean loss")
-    ax.axhline(
-        math.log(num_classes),
-        color="gray",
-        linestyle=":",
-        linewidth=1,
-        label=f"ln {num_classes} (untrained)",
-    )
-    if at_step is not None:
-        ax.axvline(at_step, color="tab:red", linewidth=1)
-    ax.set(title="train/loss, and the followed images' loss", xlabel="step", ylabel="loss")
-    ax.set_ylim(0, None)
-    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
